@@ -1,0 +1,216 @@
+"""The reflect-retry agent loop (Bensal et al., 2025), registered in verl as ``reflect_retry``.
+
+One dataset row becomes one trajectory:
+
+    prompt | attempt | user: reflect | REFLECTION | user: retry | retry [| user: reflect | REFLECTION | ...]
+
+Only the reflection tokens are trained: ``response_mask`` is 1 on them and 0 on attempts, retries,
+inserted user turns and chat-template boundary tokens. ``reward_score`` is 1.0 iff the last attempt
+is correct, as judged by the task's verifier in ``reward_fns``. A row solved on the first try stops
+there with an all-zero mask; the ``reflect_grpo`` estimator gives it zero advantage.
+
+Tokens are built with verl's continuous-token helpers, so the response is exactly the token stream
+the model saw (generated ids kept as generated, user turns rendered by the chat template), and the
+mask/logprobs stay aligned through every boundary edit the builder makes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Optional
+from uuid import uuid4
+
+from omegaconf import DictConfig, OmegaConf
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
+from verl.utils.profiler import simple_timer
+
+from reward_fns import get_compute_score
+
+logger = logging.getLogger(__file__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+
+DEFAULT_REFLECTION_PROMPT = (
+    "Your answer was wrong. Reflect on what went wrong: in a few sentences, explain the mistake "
+    "and how to avoid it. Do not give the answer yet."
+)
+DEFAULT_RETRY_PROMPT = "Now try again, using your reflection. Give the final answer in the same format as before."
+
+
+@dataclasses.dataclass
+class _Trajectory:
+    """Runtime state of one trajectory; ``mask`` and ``logprobs`` cover the response part of ``token_ids``."""
+
+    token_ids: list[int]
+    messages: list[dict[str, Any]]
+    mask: list[int] = dataclasses.field(default_factory=list)
+    logprobs: Optional[list[float]] = None
+    turns: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+@register("reflect_retry")
+class ReflectRetryAgentLoop(AgentLoopBase):
+    """Attempt; on failure reflect and retry, up to ``max_reflections`` rounds. Reflection tokens are the trained span.
+
+    Args (constructor kwargs, set per recipe in the ``agent_loop_config_path`` YAML):
+        reflection_prompt: user turn asking for a self-reflection after a failed attempt.
+        retry_prompt: user turn asking for a new attempt with the reflection in context.
+        max_reflections: reflect-retry rounds after a failed first attempt (the paper uses 1).
+        max_attempt_tokens: cap on each attempt and retry; None = whatever is left of ``response_length``.
+        max_reflection_tokens: cap on each reflection; None = whatever is left of ``response_length``.
+    """
+
+    def __init__(
+        self,
+        *args,
+        reflection_prompt: str = DEFAULT_REFLECTION_PROMPT,
+        retry_prompt: str = DEFAULT_RETRY_PROMPT,
+        max_reflections: int = 1,
+        max_attempt_tokens: Optional[int] = None,
+        max_reflection_tokens: Optional[int] = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if max_reflections < 0:
+            raise ValueError(f"max_reflections must be >= 0, got {max_reflections}")
+        self.reflection_prompt = reflection_prompt
+        self.retry_prompt = retry_prompt
+        self.max_reflections = max_reflections
+        self.max_attempt_tokens = max_attempt_tokens
+        self.max_reflection_tokens = max_reflection_tokens
+        self.response_length = self.rollout_config.response_length
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
+        messages = list(kwargs["raw_prompt"])
+        data_source = kwargs["data_source"]
+        ground_truth = kwargs["reward_model"]["ground_truth"]
+        extra_info = kwargs.get("extra_info")
+        compute_score = get_compute_score(data_source)
+        full_determinism = getattr(self.rollout_config, "full_determinism", False)
+        # One request id for the whole trajectory: the server keeps it on one replica, so every
+        # turn reuses the KV prefix of the turns before it.
+        request_id = f"det-{int(kwargs.get('priority', 0))}" if full_determinism else uuid4().hex
+
+        traj = _Trajectory(token_ids=await self.ct_build_initial_tokens(messages), messages=messages)
+        prompt_length = len(traj.token_ids)
+        metrics: dict[str, float] = {}
+
+        async def attempt(kind: str) -> Optional[bool]:
+            text = await self._generate(traj, request_id, sampling_params, self.max_attempt_tokens, False, metrics)
+            if text is None:
+                return None
+            correct = compute_score(data_source, text, ground_truth, extra_info) == 1.0
+            traj.turns.append({"kind": kind, "text": text, "correct": correct})
+            return correct
+
+        correct = bool(await attempt("attempt"))
+        first_try_correct = correct
+        num_reflections = 0
+        while not correct and num_reflections < self.max_reflections:
+            if not await self._add_user_turn(traj, self.reflection_prompt):
+                break
+            reflection = await self._generate(
+                traj, request_id, sampling_params, self.max_reflection_tokens, True, metrics
+            )
+            if reflection is None:
+                break
+            traj.turns.append({"kind": "reflection", "text": reflection, "correct": None})
+            num_reflections += 1
+            # A retry that does not fit in the budget counts as a failed retry: reward 0.
+            if not await self._add_user_turn(traj, self.retry_prompt):
+                break
+            correct = bool(await attempt("retry"))
+
+        assert len(traj.mask) <= self.response_length, "budget accounting broke: response overflows"
+        response_ids = traj.token_ids[prompt_length:]
+        stats = {
+            "first_try_correct": first_try_correct,
+            "final_correct": correct,
+            "num_reflections": num_reflections,
+            "reflection_tokens": sum(traj.mask),
+        }
+        return AgentLoopOutput(
+            prompt_ids=traj.token_ids[:prompt_length],
+            response_ids=response_ids,
+            response_mask=traj.mask,
+            response_logprobs=traj.logprobs,
+            reward_score=float(correct),
+            num_turns=len(traj.messages) - len(kwargs["raw_prompt"]) + 1,
+            metrics=metrics,
+            extra_fields={
+                **stats,
+                # reward_extra_info is what verl reports per data source in validation metrics.
+                "reward_extra_info": {key: float(value) for key, value in stats.items()},
+                "turns": traj.turns,
+                "turn_scores": [float(turn["correct"]) for turn in traj.turns if turn["kind"] != "reflection"],
+                "tool_rewards": [],
+            },
+        )
+
+    async def _generate(
+        self,
+        traj: _Trajectory,
+        request_id: str,
+        sampling_params: dict[str, Any],
+        turn_cap: Optional[int],
+        trained: bool,
+        metrics: dict[str, float],
+    ) -> Optional[str]:
+        """Generate one assistant turn into ``traj``; return its text, or None when the budget is spent."""
+        budget = self.response_length - len(traj.mask)
+        max_tokens = budget if turn_cap is None else min(turn_cap, budget)
+        if max_tokens <= 0:
+            return None
+        with simple_timer("generate_sequences", metrics):
+            output = await self.server_manager.generate(
+                request_id=request_id,
+                prompt_ids=traj.token_ids,
+                sampling_params={**sampling_params, "max_tokens": max_tokens},
+            )
+        # Servers may ignore max_tokens by a token or two (stop strings); never let the budget overflow.
+        token_ids = list(output.token_ids[:max_tokens])
+        assistant_logprobs = list(output.log_probs[:max_tokens]) if output.log_probs else None
+        if not traj.mask and assistant_logprobs is not None:
+            traj.logprobs = []  # track rollout logprobs iff the server returns them
+        merge, traj.mask, traj.logprobs = await self.ct_merge_assistant_token(
+            traj.token_ids,
+            token_ids,
+            traj.mask,
+            traj.logprobs,
+            assistant_logprobs=assistant_logprobs if traj.logprobs is not None else None,
+        )
+        traj.token_ids = merge.token_ids
+        if not trained and merge.appended_token_count:
+            # The builder marks every generated token as trainable; only reflections are.
+            traj.mask[-merge.appended_token_count :] = [0] * merge.appended_token_count
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        traj.messages.append({"role": "assistant", "content": text})
+        return text
+
+    async def _add_user_turn(self, traj: _Trajectory, content: str) -> bool:
+        """Append a user turn (mask 0) if, after it, at least one response token still fits."""
+        previous = list(traj.messages)
+        messages = previous + [{"role": "user", "content": content}]
+        merge, mask, logprobs = await self.ct_merge_context_msg(
+            previous, messages, traj.token_ids, traj.mask, traj.logprobs
+        )
+        if len(mask) >= self.response_length:
+            return False
+        traj.token_ids, traj.mask, traj.logprobs, traj.messages = merge.token_ids, mask, logprobs, messages
+        return True
+
+
+def standalone_config(prompt_length: int, response_length: int, **chat_template_kwargs) -> DictConfig:
+    """The slice of verl's trainer config that ``ReflectRetryAgentLoop`` reads, for running it outside the trainer.
+
+    Use with ``DictConfigWrap(cfg)`` as ``trainer_config`` and ``DictConfigWrap(cfg.data)`` as ``data_config``.
+    """
+    return OmegaConf.create(
+        {
+            "actor_rollout_ref": {
+                "rollout": {"prompt_length": prompt_length, "response_length": response_length},
+            },
+            "data": {"apply_chat_template_kwargs": dict(chat_template_kwargs)},
+        }
+    )

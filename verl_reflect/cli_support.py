@@ -1,0 +1,44 @@
+"""What every verl-reflect command shares: one-line user errors and all-or-nothing output files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+class UserError(Exception):
+    """Bad user input (missing file, wrong column, unknown task). Shown as one line, exit code 2."""
+
+
+def run_command(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run a command's ``main``; a ``UserError`` becomes one line on stderr and exit code 2, never a traceback."""
+    try:
+        return int(main(argv) or 0)
+    except UserError as err:
+        print(f"verl-reflect: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("verl-reflect: interrupted", file=sys.stderr)
+        return 130
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block finishes.
+
+    A crash or Ctrl-C mid-write leaves no half-written file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
