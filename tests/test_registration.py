@@ -1,0 +1,51 @@
+"""Registration in every process: the verl.plugins entry point, external_lib, and a loud failure without the plugin."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
+
+
+def test_import_verl_loads_the_plugin_through_its_entry_point():
+    result = run_python(
+        "import verl\n"
+        "from verl.experimental.agent_loop.agent_loop import _agent_loop_registry\n"
+        "from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY\n"
+        "assert 'reflect_retry' in _agent_loop_registry, 'agent loop missing'\n"
+        "assert 'reflect_grpo' in ADV_ESTIMATOR_REGISTRY, 'estimator missing'\n"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_external_lib_registers_in_a_process_without_entry_points():
+    # What every verl worker does at start with actor_rollout_ref.model.external_lib.
+    result = run_python(
+        "from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY\n"
+        "assert 'reflect_grpo' not in ADV_ESTIMATOR_REGISTRY\n"
+        "from verl.utils.import_utils import import_external_libs\n"
+        "import_external_libs('verl_reflect.register')\n"
+        "import_external_libs('verl_reflect.register')\n"
+        "from verl.experimental.agent_loop.agent_loop import _agent_loop_registry\n"
+        "assert 'reflect_grpo' in ADV_ESTIMATOR_REGISTRY and 'reflect_retry' in _agent_loop_registry\n",
+        VERL_USE_EXTERNAL_PLUGINS="none",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_recipe_without_the_plugin_installed_fails_at_start():
+    # verl builds HFModelConfig first thing; it imports external_lib before touching the model path.
+    result = run_python(
+        "import sys\n"
+        "sys.modules['verl_reflect'] = None  # as if verl-reflect were not installed\n"
+        "from verl.workers.config.model import HFModelConfig\n"
+        "HFModelConfig(path='/nonexistent-model', external_lib='verl_reflect.register')\n"
+    )
+    assert result.returncode != 0
+    assert "verl_reflect" in result.stderr.strip().splitlines()[-1]
