@@ -9,8 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 
+import numpy as np
 import pytest
-from verl.experimental.agent_loop.agent_loop import DictConfigWrap, _agent_loop_registry
+import torch
+from omegaconf import OmegaConf
+from verl.experimental.agent_loop.agent_loop import AgentLoopWorker, DictConfigWrap, _agent_loop_registry
+from verl.trainer.config import AlgoConfig
+from verl.trainer.ppo.ray_trainer import compute_advantage
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.workers.rollout.replica import TokenOutput
 
@@ -248,3 +253,57 @@ def test_unknown_data_source_is_a_clear_error(tiny_tokenizer):
 
     with pytest.raises(ValueError, match="no_such_task"):
         asyncio.run(main())
+
+
+class _Worker:
+    """verl's AgentLoopWorker post-processing, bound to the tiny tokenizer (as verl's own CPU tests do)."""
+
+    _agent_loop_postprocess = AgentLoopWorker._agent_loop_postprocess
+    _postprocess = AgentLoopWorker._postprocess
+    _pad_token_ids = AgentLoopWorker._pad_token_ids
+    _compute_multi_modal_inputs = AgentLoopWorker._compute_multi_modal_inputs
+    _compute_position_ids = AgentLoopWorker._compute_position_ids
+    _get_mm_processor_kwargs = AgentLoopWorker._get_mm_processor_kwargs
+    _compute_score = AgentLoopWorker._compute_score
+    _compute_teacher_logprobs = AgentLoopWorker._compute_teacher_logprobs
+    distillation_enabled = False
+    reward_loop_worker_handles = None
+    processor = None
+    mm_processor_kwargs = {}
+
+    def __init__(self, tokenizer, prompt_length, response_length):
+        self.tokenizer = tokenizer
+        self.rollout_config = OmegaConf.create({"prompt_length": prompt_length, "response_length": response_length})
+
+
+def test_group_of_rollouts_through_verl_postprocessing_and_compute_advantage(tiny_tokenizer):
+    scripts = [[RIGHT], [WRONG, REFLECTION, RIGHT], [WRONG, REFLECTION, WRONG], [WRONG, REFLECTION, RIGHT]]
+    outputs = [run_loop(tiny_tokenizer, script)[0] for script in scripts]
+    worker = _Worker(tiny_tokenizer, prompt_length=64, response_length=256)
+
+    async def postprocess():
+        return [await worker._agent_loop_postprocess(out, validate=False, raw_prompt=PROMPT) for out in outputs]
+
+    batch = worker._postprocess(
+        asyncio.run(postprocess()), input_non_tensor_batch={"uid": np.array(["p0"] * 4, dtype=object)}
+    )
+
+    response_mask = batch.batch["response_mask"]  # (4, 256)
+    assert response_mask.shape == (4, 256)
+    for row, out in enumerate(outputs):
+        n = len(out.response_ids)
+        assert batch.batch["responses"][row, :n].tolist() == out.response_ids
+        assert response_mask[row].tolist() == out.response_mask + [0] * (256 - n)
+        # The outcome reward sits on the last response token (a retry or attempt token, mask 0).
+        assert batch.batch["rm_scores"][row].nonzero().flatten().tolist() == ([n - 1] if out.reward_score else [])
+        assert batch.batch["rm_scores"][row, n - 1] == out.reward_score
+    assert batch.non_tensor_batch["final_correct"].tolist() == [True, True, False, True]
+
+    batch.batch["token_level_rewards"] = batch.batch["rm_scores"]
+    advantages = compute_advantage(batch, adv_estimator="reflect_grpo", config=AlgoConfig()).batch["advantages"]
+
+    # Reflecting rows 1..3 have rewards [1, 0, 1]: mean 2/3, unbiased std sqrt(1/3).
+    std = (1 / 3) ** 0.5
+    expected = torch.tensor([0.0, (1 / 3) / (std + 1e-6), (-2 / 3) / (std + 1e-6), (1 / 3) / (std + 1e-6)])
+    torch.testing.assert_close(advantages, expected.unsqueeze(-1) * response_mask)
+    assert torch.all(advantages[response_mask == 0] == 0)
