@@ -1,0 +1,118 @@
+"""Binary reward functions, one module per task, dispatched by ``data_source``.
+
+verl recipes point here::
+
+    reward.custom_reward_function.path: pkg://reward_fns
+    reward.custom_reward_function.name: compute_score
+
+``compute_score`` imports ``reward_fns.<data_source>`` and calls its ``compute_score``,
+so adding a task means adding one module; there is no registry to edit. Module names
+starting with ``_`` are helpers, never tasks.
+
+Every task scores 1.0 (correct) or 0.0 (anything else). Ground truths are trusted data:
+a malformed one raises ``ValueError``. Model output is not trusted: any string scores
+without raising.
+
+This package is pure standard library, so reward workers never import torch or verl.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import keyword
+import pkgutil
+from typing import Any, Callable
+
+__all__ = ["available_data_sources", "compute_score", "extract_answer", "get_compute_score"]
+
+_OPEN, _CLOSE = "<answer>", "</answer>"
+
+
+def extract_answer(text: str) -> str | None:
+    """Return the content of the last complete ``<answer>...</answer>`` block, or None.
+
+    The last closing tag wins, paired with the nearest opening tag before it, so an
+    answer revised after reflection replaces the earlier one and an unclosed
+    (truncated) trailing block is ignored. ``str.rfind`` keeps this linear on hostile
+    input such as megabytes of ``<answer><answer>...``.
+
+    >>> extract_answer("<answer>1 + 2</answer> wait, <answer> 2 + 1 </answer>")
+    ' 2 + 1 '
+    >>> extract_answer("<answer>7</answer> <answer>8") # the trailing block is unclosed
+    '7'
+    >>> extract_answer("no tags") is None
+    True
+    """
+    end = text.rfind(_CLOSE)
+    if end < 0:
+        return None
+    start = text.rfind(_OPEN, 0, end)
+    if start < 0:
+        return None
+    return text[start + len(_OPEN) : end]
+
+
+def available_data_sources() -> list[str]:
+    """Names of the task modules in this package.
+
+    >>> {"countdown", "function_calling"} <= set(available_data_sources())
+    True
+    """
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if _is_task_name(m.name))
+
+
+def _is_task_name(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_")
+
+
+def _no_reward_fn(data_source: object) -> ValueError:
+    is_name = isinstance(data_source, str) and _is_task_name(data_source)
+    where = f"reward_fns/{data_source}.py" if is_name else "reward_fns/<module name>.py"
+    return ValueError(
+        f"no reward function for data_source {data_source!r}: add {where} with compute_score(...)"
+        f" (available: {', '.join(available_data_sources()) or 'none'})"
+    )
+
+
+def get_compute_score(data_source: str) -> Callable[..., float]:
+    """Return ``reward_fns.<data_source>.compute_score``; raise ValueError if there is none.
+
+    >>> get_compute_score("countdown").__module__
+    'reward_fns.countdown'
+    """
+    if not isinstance(data_source, str) or not _is_task_name(data_source):
+        raise _no_reward_fn(data_source)
+    return _load(str(data_source))
+
+
+@functools.lru_cache(maxsize=None)
+def _load(data_source: str) -> Callable[..., float]:
+    module_name = f"{__name__}.{data_source}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        # Only a missing task module means "no reward function"; a task module whose own
+        # import fails is a bug that must surface as itself.
+        if e.name != module_name:
+            raise
+        raise _no_reward_fn(data_source) from None
+    fn = getattr(module, "compute_score", None)
+    if not callable(fn):
+        raise _no_reward_fn(data_source)
+    return fn
+
+
+def compute_score(
+    data_source: str,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: dict | None = None,
+    **kwargs: Any,
+) -> float:
+    """Score ``solution_str`` with the task module named by ``data_source``.
+
+    >>> compute_score("countdown", "<answer>(1 + 2) * 3</answer>", '{"target": 9, "numbers": [1, 2, 3]}')
+    1.0
+    """
+    return get_compute_score(data_source)(data_source, solution_str, ground_truth, extra_info, **kwargs)
