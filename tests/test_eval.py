@@ -1,0 +1,241 @@
+"""``verl-reflect eval`` / ``demo`` end to end on the tiny model, resuming, the comparison table, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from verl_reflect import cli, data
+from verl_reflect import eval as ev
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Short turns so a real-model budget (the path taken with --model) stays fast on the tiny model.
+SMALL = ["--max-attempt-tokens", "8", "--max-reflection-tokens", "6", "--response-length", "160"]
+
+
+@pytest.fixture
+def tiny_default(tiny_model_dir, monkeypatch):
+    """Commands without --model reuse the session's tiny model instead of building into ~/.cache."""
+    monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
+
+
+@pytest.fixture
+def count_trajectories(monkeypatch):
+    """Count the trajectories really generated (not skipped by resuming)."""
+    calls = []
+    original = ev.Runner.trajectory
+
+    async def counted(self, row, sampling, *, max_reflections):
+        calls.append(row["prompt"][-1]["content"])
+        return await original(self, row, sampling, max_reflections=max_reflections)
+
+    monkeypatch.setattr(ev.Runner, "trajectory", counted)
+    return calls
+
+
+def _records(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / ev.JSONL_NAME).read_text().splitlines()]
+
+
+def _table_value(stdout: str, row_name: str) -> list[str]:
+    line = next(line for line in stdout.splitlines() if line.startswith(row_name))
+    return line[len(row_name) :].split()
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_eval_end_to_end_on_the_tiny_model(tmp_path, tiny_default, capsys):
+    assert cli.main(["eval", "--limit", "3", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert _table_value(out, "N") == ["3"]
+    assert _table_value(out, "first-try accuracy") and _table_value(out, "gain (points)")
+    records = _records(tmp_path)
+    assert sorted(r["index"] for r in records) == [0, 1, 2]
+    for r in records:
+        assert r["model"] == ev.TINY_LABEL and r["data_source"] == "countdown"
+        assert r["turns"][0]["kind"] == "attempt" and isinstance(r["turns"][0]["text"], str)
+        if r["first_try_correct"]:
+            continue
+        # Random weights fail; every failure reflects once (within the budget) and retries.
+        assert [t["kind"] for t in r["turns"]] == ["attempt", "reflection", "retry"]
+        assert r["turns"][1]["correct"] is None
+        # The tiny default caps turns at 32 / 24 tokens.
+        attempt, reflection, retry = [n for kind, n, _ in r["layout"] if kind != "user"]
+        assert 0 < attempt <= 32 and 0 < retry <= 32 and 0 < reflection == r["reflection_tokens"] <= 24
+        # Exactly the reflection carries mask=1.
+        assert [(kind, masked == n) for kind, n, masked in r["layout"] if masked] == [("reflection", True)]
+        assert sum(n for _, n, _ in r["layout"]) == r["response_tokens"]
+    assert (tmp_path / ev.PNG_NAME).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_resume_runs_only_new_rows_and_survives_a_torn_line(tmp_path, tiny_default, count_trajectories, capsys):
+    args = ["eval", "--out-dir", str(tmp_path), "--max-attempt-tokens", "4", "--max-reflection-tokens", "4"]
+    assert cli.main(args + ["--limit", "4"]) == 0
+    assert len(count_trajectories) == 4
+    assert _table_value(capsys.readouterr().out, "N") == ["4"]
+    first = (tmp_path / ev.JSONL_NAME).read_text().splitlines()
+
+    assert cli.main(args + ["--limit", "8"]) == 0
+    assert len(count_trajectories) == 8  # 4 new, the first 4 skipped
+    out = capsys.readouterr().out
+    assert "4 of 8 rows already in" in out and _table_value(out, "N") == ["8"]
+    lines = (tmp_path / ev.JSONL_NAME).read_text().splitlines()
+    assert lines[:4] == first and len(lines) == 8
+
+    # A run killed mid-write leaves half a line: that row is redone and the file is clean again.
+    torn = "\n".join(lines[:7]) + "\n" + lines[7][: len(lines[7]) // 2]
+    (tmp_path / ev.JSONL_NAME).write_text(torn)
+    assert len(ev.read_jsonl(tmp_path / ev.JSONL_NAME)) == 7
+    capsys.readouterr()
+    assert cli.main(args + ["--limit", "8"]) == 0
+    assert len(count_trajectories) == 9
+    records = _records(tmp_path)  # every line parses
+    assert sorted(r["index"] for r in records) == list(range(8))
+    assert _table_value(capsys.readouterr().out, "N") == ["8"]
+
+
+def test_resume_refuses_results_for_other_data(tmp_path, tiny_default, capsys):
+    args = ["eval", "--out-dir", str(tmp_path), "--limit", "1", "--max-attempt-tokens", "2"]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    assert cli.main(args + ["--seed", "1"]) == 2  # another generated split: row 0 is another problem
+    err = capsys.readouterr().err.strip()
+    assert "other data" in err and len(err.splitlines()) == 1
+
+
+def test_two_models_side_by_side(tmp_path, tiny_model_dir, capsys):
+    trained = tmp_path / "checkpoint-7"
+    shutil.copytree(tiny_model_dir, trained)
+    out_dir = tmp_path / "out"
+    argv = ["eval", "--model", str(tiny_model_dir), "--compare-model", str(trained), "--limit", "2", *SMALL]
+    assert cli.main(argv + ["--out-dir", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header == [tiny_model_dir.name, "checkpoint-7"]
+    assert _table_value(out, "N") == ["2", "2"]
+    records = _records(out_dir)
+    assert {(r["model"], r["index"]) for r in records} == {
+        (tiny_model_dir.name, 0), (tiny_model_dir.name, 1), ("checkpoint-7", 0), ("checkpoint-7", 1)
+    }
+    assert len(records) == 4
+    # Same weights, greedy decoding: identical trajectories under both labels.
+    by_model = {m: [r["turns"] for r in sorted(records, key=lambda r: r["index"]) if r["model"] == m] for m in header}
+    assert by_model[header[0]] == by_model[header[1]]
+    assert (out_dir / ev.PNG_NAME).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_demo_shows_the_mask(tmp_path, tiny_default, capsys):
+    assert cli.main(["demo", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert _table_value(out, "N") == ["16"]
+    assert re.search(r"attempt \d+ \| user turn \d+ \| REFLECTION (\d+) \(mask=1 on \1\) \| user turn \d+ \| retry", out)
+    assert "expected" in out
+    assert len(_records(tmp_path)) == 16 and (tmp_path / ev.PNG_NAME).exists()
+
+
+# ----------------------------------------------------------------------------- the numbers
+
+
+def test_summarize_and_table():
+    def rec(first, final, reflections, tokens):
+        return {
+            "first_try_correct": first,
+            "final_correct": final,
+            "num_reflections": reflections,
+            "reflection_tokens": tokens,
+        }
+
+    records = [rec(True, True, 0, 0), rec(False, True, 1, 10), rec(False, True, 1, 20), rec(False, False, 1, 30)]
+    s = ev.summarize(records)
+    assert (s["n"], s["first_try"], s["after_reflection"]) == (4, 0.25, 0.75)
+    assert s["gain_points"] == pytest.approx(50.0) and s["mean_reflection_tokens"] == 20.0
+    table = ev.format_table({"base": s, "trained": ev.summarize(records[:1])})
+    assert _table_value(table, "accuracy after reflection") == ["75.0%", "100.0%"]
+    assert _table_value(table, "gain (points)") == ["+50.0", "+0.0"]
+    assert _table_value(table, "mean reflection length (tokens)") == ["20.0", "-"]
+    assert math.isnan(ev.summarize([])["mean_reflection_tokens"])
+
+
+def test_token_layout_tiles_the_response():
+    # prompt of 10 tokens; attempt at 10..13, reflection at 17..19, retry at 22..26 (absolute positions).
+    mask = [0] * 3 + [0] * 4 + [1] * 3 + [0] * 3 + [0] * 5
+    layout = ev.token_layout([(10, 3), (17, 3), (23, 5)], ["attempt", "reflection", "retry"], 10, mask)
+    assert layout == [["attempt", 3, 0], ["user", 4, 0], ["reflection", 3, 3], ["user", 3, 0], ["retry", 5, 0]]
+    assert ev.token_layout([(10, 3)], ["attempt", "retry"], 10, mask) is None  # a turn without a span
+    assert ev.mask_bar(layout, width=18) == "aaauuuuRRRuuurrrrr"
+
+
+# ----------------------------------------------------------------------------- errors: one line, exit 2
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def _assert_one_line_error(capsys, rc: int, *needles: str) -> None:
+    assert rc == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("verl-reflect: error:")
+    assert "Traceback" not in captured.err
+    for needle in needles:
+        assert needle in err
+
+
+@pytest.mark.parametrize("command", ["eval", "build-failures"])
+def test_missing_model_path(tmp_path, capsys, command):
+    out = ["--out", str(tmp_path / "f.parquet")] if command == "build-failures" else ["--out-dir", str(tmp_path / "o")]
+    rc = cli.main([command, "--model", str(tmp_path / "no-such-model"), *out])
+    _assert_one_line_error(capsys, rc, "no-such-model", "does not exist")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "f.parquet").exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "build-failures"])
+def test_parquet_missing_columns(tmp_path, tiny_model_dir, capsys, command):
+    row = {"prompt": [{"role": "user", "content": "x"}], "data_source": "countdown"}
+    bad = _write_rows(tmp_path / "bad.parquet", [row])
+    out = ["--out", str(tmp_path / "f.parquet")] if command == "build-failures" else ["--out-dir", str(tmp_path / "o")]
+    rc = cli.main([command, "--model", str(tiny_model_dir), "--data", str(bad), *out])
+    _assert_one_line_error(capsys, rc, "missing column", "reward_model")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "f.parquet").exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "build-failures"])
+def test_unknown_data_source(tmp_path, tiny_model_dir, capsys, command):
+    rows = data.countdown_rows(2, seed=0, split="test")
+    rows[1]["data_source"] = "sudoku"
+    path = _write_rows(tmp_path / "rows.parquet", rows)
+    out = ["--out", str(tmp_path / "f.parquet")] if command == "build-failures" else ["--out-dir", str(tmp_path / "o")]
+    rc = cli.main([command, "--model", str(tiny_model_dir), "--data", str(path), *out])
+    _assert_one_line_error(capsys, rc, "sudoku")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "f.parquet").exists()
+
+
+def test_unknown_command(capsys):
+    assert cli.main(["train"]) == 2
+    assert "unknown command 'train'" in capsys.readouterr().err
+
+
+def test_console_script_error_is_one_line(tmp_path):
+    """The installed ``verl-reflect`` script, as a user runs it: no traceback, exit code 2."""
+    script = Path(sys.executable).with_name("verl-reflect")
+    script = script if script.exists() else Path(shutil.which("verl-reflect") or "verl-reflect not installed")
+    assert script.exists(), "pip install -e . installs the console script"
+    result = subprocess.run(
+        [str(script), "eval", "--model", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
+    assert not (tmp_path / "o").exists()

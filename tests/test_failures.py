@@ -1,0 +1,126 @@
+"""``verl-reflect build-failures``: exact thresholds with a scripted backend, then end to end on the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+from verl.workers.rollout.replica import TokenOutput
+
+from verl_reflect import cli, data
+from verl_reflect import eval as ev
+from verl_reflect.cli_support import UserError
+from verl_reflect.failures import build_failures
+
+K = 4
+
+
+def _row(a: int, b: int, index: int) -> dict:
+    """A Countdown row whose answer is ``a + b``, in data.py's schema."""
+    return {
+        "prompt": [
+            {"role": "system", "content": data.COUNTDOWN_SYSTEM},
+            {"role": "user", "content": data.COUNTDOWN_USER.format(numbers=[a, b], target=a + b)},
+        ],
+        "data_source": "countdown",
+        "reward_model": {"style": "rule", "ground_truth": json.dumps({"target": a + b, "numbers": [a, b]})},
+        "extra_info": {"index": index, "split": "train"},
+        "agent_name": data.AGENT_NAME,
+    }
+
+
+def _tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+class ScriptedBackend:
+    """Answers each Countdown prompt right or wrong as scripted: ``script[a]`` lists the verdicts of the
+    attempts at the row with numbers ``[a, b]``, consumed in order."""
+
+    def __init__(self, tokenizer, script: dict[int, list[bool]]):
+        self.tokenizer = tokenizer
+        self.script = {a: list(verdicts) for a, verdicts in script.items()}
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs) -> TokenOutput:
+        await asyncio.sleep(0)  # let attempts interleave like real concurrent requests
+        a, b = map(int, re.search(r"numbers \[(\d+), (\d+)\]", self.tokenizer.decode(prompt_ids)).groups())
+        right = self.script[a].pop(0)
+        text = f"<think> adding </think> <answer> {a} {'+' if right else '-'} {b} </answer>"
+        ids = self.tokenizer.encode(text, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+        return TokenOutput(token_ids=ids, log_probs=None, stop_reason="completed")
+
+
+# Successes out of K=4 for rows 100..103: 0/4, 1/4, 2/4, 4/4.
+SCRIPT = {
+    10: [False] * 4,
+    20: [True, False, False, False],
+    30: [False, True, True, False],
+    40: [True] * 4,
+}
+
+
+@pytest.fixture
+def rows() -> list[dict]:
+    return [_row(a, 5, 100 + i) for i, a in enumerate(SCRIPT)]
+
+
+@pytest.mark.parametrize(
+    "max_success_rate, kept_sources",
+    [(0.0, [100]), (0.25, [100, 101]), (0.5, [100, 101, 102]), (1.0, [100, 101, 102, 103])],
+)
+def test_threshold_is_exact(tmp_path, tiny_model_dir, rows, capsys, max_success_rate, kept_sources):
+    backend = ScriptedBackend(_tokenizer(tiny_model_dir), SCRIPT)
+    runner = ev.Runner(ev.ModelSpec(tiny_model_dir, "scripted", ev.TINY_BUDGET), backend)
+    out = tmp_path / "failures.parquet"
+    sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": False}
+    kept = build_failures(runner, rows, out, sampling, k=K, max_success_rate=max_success_rate, concurrency=3)
+
+    assert all(not verdicts for verdicts in backend.script.values())  # exactly K attempts per prompt
+    printed = capsys.readouterr().out
+    assert "first-try accuracy: 43.8% (7/16 attempts)" in printed
+    assert f"kept {len(kept_sources)} of 4 prompts" in printed
+
+    written = data.read_rows(out)
+    assert written == kept
+    assert [r["extra_info"]["source_index"] for r in written] == kept_sources
+    assert [r["extra_info"]["index"] for r in written] == list(range(len(kept_sources)))
+    originals = {r["extra_info"]["index"]: r for r in rows}
+    for r in written:
+        original = originals[r["extra_info"]["source_index"]]
+        assert r.keys() == original.keys()
+        assert all(r[column] == original[column] for column in r if column != "extra_info")
+        assert r["extra_info"]["split"] == "train"
+
+
+def test_nothing_kept_writes_nothing(tmp_path, tiny_model_dir, rows):
+    backend = ScriptedBackend(_tokenizer(tiny_model_dir), {a: [True] * K for a in SCRIPT})
+    runner = ev.Runner(ev.ModelSpec(tiny_model_dir, "scripted", ev.TINY_BUDGET), backend)
+    out = tmp_path / "f.parquet"
+    with pytest.raises(UserError, match="kept 0 of 4"):
+        build_failures(runner, rows, out, {"temperature": 1.0}, k=K, max_success_rate=0, concurrency=2)
+    assert not out.exists()
+
+
+def test_bad_filter_arguments(tmp_path, tiny_model_dir, capsys):
+    for args in (["--k", "0"], ["--max-success-rate", "1.5"]):
+        rc = cli.main(["build-failures", "--model", str(tiny_model_dir), "--out", str(tmp_path / "f.parquet"), *args])
+        assert rc == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "f.parquet").exists()
+
+
+def test_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))  # no --model: the tiny default
+    out = tmp_path / "fail" / "train.parquet"
+    rc = cli.main(["build-failures", "--limit", "3", "--k", "2", "--max-attempt-tokens", "4", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    # Random weights never solve Countdown: every prompt is a failure.
+    assert "first-try accuracy: 0.0% (0/6 attempts)" in printed and "kept 3 of 3 prompts" in printed
+    written = data.read_rows(out)
+    source = data.countdown_rows(ev.DEFAULT_TEST_ROWS, seed=0, split="test")[:3]
+    assert [r["prompt"] for r in written] == [r["prompt"] for r in source]
+    assert [(r["extra_info"]["index"], r["extra_info"]["source_index"]) for r in written] == [(0, 0), (1, 1), (2, 2)]
