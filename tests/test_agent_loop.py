@@ -166,6 +166,12 @@ def test_failure_then_success_trains_exactly_the_reflection(tiny_tokenizer):
     assert (fields["num_reflections"], fields["reflection_tokens"]) == (1, length)
     assert [turn["kind"] for turn in fields["turns"]] == ["attempt", "reflection", "retry"]
     assert [turn["text"] for turn in fields["turns"]] == [WRONG, REFLECTION, RIGHT]
+    assert [turn["correct"] for turn in fields["turns"]] == [False, None, True]
+    # Each turn knows where its generated tokens sit in the response.
+    for turn in fields["turns"]:
+        generated = out.response_ids[turn["start"] : turn["start"] + turn["num_tokens"]]
+        assert tiny_tokenizer.decode(generated, skip_special_tokens=True) == turn["text"]
+    assert (fields["turns"][1]["start"], fields["turns"][1]["num_tokens"]) == (start, length)
     assert fields["turn_scores"] == [0.0, 1.0]
 
 

@@ -167,11 +167,14 @@ def test_summarize_and_table():
 
 
 def test_token_layout_tiles_the_response():
-    # prompt of 10 tokens; attempt at 10..13, reflection at 17..19, retry at 22..26 (absolute positions).
     mask = [0] * 3 + [0] * 4 + [1] * 3 + [0] * 3 + [0] * 5
-    layout = ev.token_layout([(10, 3), (17, 3), (23, 5)], ["attempt", "reflection", "retry"], 10, mask)
+    turns = [
+        {"kind": "attempt", "start": 0, "num_tokens": 3},
+        {"kind": "reflection", "start": 7, "num_tokens": 3},
+        {"kind": "retry", "start": 13, "num_tokens": 5},
+    ]
+    layout = ev.token_layout(turns, mask)
     assert layout == [["attempt", 3, 0], ["user", 4, 0], ["reflection", 3, 3], ["user", 3, 0], ["retry", 5, 0]]
-    assert ev.token_layout([(10, 3)], ["attempt", "retry"], 10, mask) is None  # a turn without a span
     assert ev.mask_bar(layout, width=18) == "aaauuuuRRRuuurrrrr"
 
 

@@ -96,31 +96,28 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         prompt_length = len(traj.token_ids)
         metrics: dict[str, float] = {}
 
-        async def attempt(kind: str) -> Optional[bool]:
-            text = await self._generate(traj, request_id, sampling_params, self.max_attempt_tokens, False, metrics)
-            if text is None:
-                return None
-            correct = compute_score(data_source, text, ground_truth, extra_info) == 1.0
-            traj.turns.append({"kind": kind, "text": text, "correct": correct})
-            return correct
+        async def attempt(kind: str) -> bool:
+            turn = await self._generate(traj, kind, request_id, sampling_params, self.max_attempt_tokens, metrics)
+            if turn is None:
+                return False
+            turn["correct"] = compute_score(data_source, turn["text"], ground_truth, extra_info) == 1.0
+            return turn["correct"]
 
-        correct = bool(await attempt("attempt"))
+        correct = await attempt("attempt")
         first_try_correct = correct
         num_reflections = 0
         while not correct and num_reflections < self.max_reflections:
             if not await self._add_user_turn(traj, self.reflection_prompt):
                 break
-            reflection = await self._generate(
-                traj, request_id, sampling_params, self.max_reflection_tokens, True, metrics
-            )
-            if reflection is None:
+            if await self._generate(
+                traj, "reflection", request_id, sampling_params, self.max_reflection_tokens, metrics
+            ) is None:
                 break
-            traj.turns.append({"kind": "reflection", "text": reflection, "correct": None})
             num_reflections += 1
             # A retry that does not fit in the budget counts as a failed retry: reward 0.
             if not await self._add_user_turn(traj, self.retry_prompt):
                 break
-            correct = bool(await attempt("retry"))
+            correct = await attempt("retry")
 
         assert len(traj.mask) <= self.response_length, "budget accounting broke: response overflows"
         response_ids = traj.token_ids[prompt_length:]
@@ -151,13 +148,16 @@ class ReflectRetryAgentLoop(AgentLoopBase):
     async def _generate(
         self,
         traj: _Trajectory,
+        kind: str,
         request_id: str,
         sampling_params: dict[str, Any],
         turn_cap: Optional[int],
-        trained: bool,
         metrics: dict[str, float],
-    ) -> Optional[str]:
-        """Generate one assistant turn into ``traj``; return its text, or None when the budget is spent."""
+    ) -> Optional[dict[str, Any]]:
+        """Generate one assistant turn into ``traj`` and record it in ``traj.turns``; None when the budget is spent.
+
+        A turn record is ``{kind, text, correct, start, num_tokens}``: ``start`` is its offset in the response.
+        """
         budget = self.response_length - len(traj.mask)
         max_tokens = budget if turn_cap is None else min(turn_cap, budget)
         if max_tokens <= 0:
@@ -181,12 +181,15 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             assistant_logprobs=assistant_logprobs if traj.logprobs is not None else None,
         )
         traj.token_ids = merge.token_ids
-        if not trained and merge.appended_token_count:
+        num_tokens = merge.appended_token_count
+        if kind != "reflection" and num_tokens:
             # The builder marks every generated token as trainable; only reflections are.
-            traj.mask[-merge.appended_token_count :] = [0] * merge.appended_token_count
+            traj.mask[-num_tokens:] = [0] * num_tokens
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
         traj.messages.append({"role": "assistant", "content": text})
-        return text
+        turn = {"kind": kind, "text": text, "correct": None, "start": len(traj.mask) - num_tokens, "num_tokens": num_tokens}
+        traj.turns.append(turn)
+        return turn
 
     async def _add_user_turn(self, traj: _Trajectory, content: str) -> bool:
         """Append a user turn (mask 0) if, after it, at least one response token still fits."""

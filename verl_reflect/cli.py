@@ -17,12 +17,12 @@ from pathlib import Path
 
 from verl_reflect import data, failures
 from verl_reflect import eval as eval_cmd  # not `eval`: that would shadow the builtin
-from verl_reflect.cli_support import run_command
+from verl_reflect.cli_support import ArgumentParser, run_command
 
 
 def demo(argv: list[str] | None = None) -> int:
     """Build (or reuse) the tiny model, evaluate it on 16 Countdown problems, show one trajectory's mask."""
-    parser = eval_cmd.ArgumentParser(prog="verl-reflect demo", description=demo.__doc__)
+    parser = ArgumentParser(prog="verl-reflect demo", description=demo.__doc__)
     parser.add_argument("--out-dir", type=Path, default=Path("demo_out"), help="trajectories.jsonl and accuracy.png")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Countdown problems")
     args = parser.parse_args(argv)
@@ -36,7 +36,7 @@ def demo(argv: list[str] | None = None) -> int:
     eval_cmd.run_eval(eval_args)
 
     records = eval_cmd.read_jsonl(args.out_dir / eval_cmd.JSONL_NAME)
-    reflected = sorted((r for r in records if r["num_reflections"] > 0 and r["layout"]), key=lambda r: r["index"])
+    reflected = sorted((r for r in records if r["num_reflections"] > 0), key=lambda r: r["index"])
     if reflected:
         r = reflected[0]
         print(f"\ntoken layout of row {r['index']}'s response ({r['response_tokens']} tokens):")

@@ -17,7 +17,6 @@ parquet schema and can be mixed in one training run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -27,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from verl_reflect.cli_support import UserError, atomic_path, run_command
+from verl_reflect.cli_support import ArgumentParser, UserError, atomic_path, positive_int, run_command
 
 AGENT_NAME = "reflect_retry"
 REQUIRED_COLUMNS = ("prompt", "data_source", "reward_model", "extra_info")
@@ -342,31 +341,14 @@ def _check_positive(name: str, value: int) -> None:
 # Command line.
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is a one-line UserError (exit code 2) like every other bad input."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see --help)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m verl_reflect.data", description="Write verl RL parquet files.")
+    parser = ArgumentParser(prog="python -m verl_reflect.data", description="Write verl RL parquet files.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     countdown = commands.add_parser("countdown", help="generate seeded, solvable Countdown problems")
     countdown.add_argument("--out-dir", required=True, type=Path, help="writes train.parquet and test.parquet here")
-    countdown.add_argument("--train-size", type=_positive_int, default=2000)
-    countdown.add_argument("--test-size", type=_positive_int, default=200)
+    countdown.add_argument("--train-size", type=positive_int, default=2000)
+    countdown.add_argument("--test-size", type=positive_int, default=200)
     countdown.add_argument("--seed", type=int, default=0)
 
     fc = commands.add_parser("function-calling", help="convert an xlam-function-calling-60k JSON/JSONL file")

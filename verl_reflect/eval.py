@@ -32,7 +32,7 @@ from tqdm import tqdm
 from reward_fns import get_compute_score
 from verl_reflect import data, tiny
 from verl_reflect.backend import BACKENDS, check_model_dir, make_backend
-from verl_reflect.cli_support import UserError, atomic_path, run_command
+from verl_reflect.cli_support import ArgumentParser, UserError, atomic_path, positive_int, run_command
 
 TINY_LABEL = "tiny-random"
 DEFAULT_TEST_ROWS = 16  # size of the in-memory Countdown split used when --data is not given
@@ -58,20 +58,6 @@ MODEL_BUDGET = Budget(max_attempt_tokens=1024, max_reflection_tokens=512, prompt
 
 # -----------------------------------------------------------------------------
 # Shared with build-failures: arguments, model, rows, sampling, running trajectories.
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is a one-line UserError (exit code 2) like every other bad input."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see --help)")
-
-
-def positive_int(text: str) -> int:
-    value = int(text) if text.lstrip("-").isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
 
 
 def add_run_args(parser: argparse.ArgumentParser, *, temperature: float) -> None:
@@ -157,36 +143,16 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-class _TurnRecorder:
-    """Forwards ``generate`` to the backend and remembers where each generated turn sits in the token stream."""
-
-    def __init__(self, backend: Any):
-        self.backend = backend
-        self.spans: list[tuple[int, int]] = []  # (start in the full token stream, generated tokens kept)
-
-    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict, **kwargs: Any):
-        out = await self.backend.generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params, **kwargs)
-        # The loop keeps at most max_tokens of what a server returns.
-        self.spans.append((len(prompt_ids), min(len(out.token_ids), sampling_params["max_tokens"])))
-        return out
-
-
-def token_layout(
-    spans: list[tuple[int, int]], kinds: list[str], prompt_len: int, mask: list[int]
-) -> list[list] | None:
-    """The response as ``[kind, tokens, masked tokens]`` spans; gaps between generated turns are ``user`` turns
-    (with the chat template's boundary tokens). None if the spans do not tile the response."""
-    if len(spans) != len(kinds):
-        return None
+def token_layout(turns: list[dict[str, Any]], mask: list[int]) -> list[list]:
+    """The response as ``[kind, tokens, masked tokens]`` spans, from the loop's turn records; the gaps
+    between generated turns are ``user`` turns (with the chat template's boundary tokens)."""
     layout, pos = [], 0
-    for (start, n), kind in zip(spans, kinds):
-        start -= prompt_len
-        if start < pos or start + n > len(mask):
-            return None
+    for turn in turns:
+        start, end = turn["start"], turn["start"] + turn["num_tokens"]
         if start > pos:
             layout.append(["user", start - pos, sum(mask[pos:start])])
-        layout.append([kind, n, sum(mask[start : start + n])])
-        pos = start + n
+        layout.append([turn["kind"], end - start, sum(mask[start:end])])
+        pos = end
     if pos < len(mask):
         layout.append(["user", len(mask) - pos, sum(mask[pos:])])
     return layout
@@ -228,9 +194,8 @@ class Runner:
 
     async def trajectory(self, row: dict, sampling: dict[str, Any], *, max_reflections: int) -> dict[str, Any]:
         """Run one row; returns the JSON-ready record (verdicts, turns, reflection tokens, token layout)."""
-        recorder = _TurnRecorder(self.backend)
         # Built here, inside the running event loop, which AgentLoopBase captures.
-        loop = self._loop_cls(server_manager=recorder, max_reflections=max_reflections, **self._loop_kwargs)
+        loop = self._loop_cls(server_manager=self.backend, max_reflections=max_reflections, **self._loop_kwargs)
         out = await loop.run(
             dict(sampling),
             raw_prompt=list(row["prompt"]),
@@ -240,7 +205,6 @@ class Runner:
         )
         fields = out.extra_fields
         turns = [{"kind": t["kind"], "text": t["text"], "correct": t["correct"]} for t in fields["turns"]]
-        kinds = [t["kind"] for t in turns]
         return {
             "first_try_correct": bool(fields["first_try_correct"]),
             "final_correct": bool(fields["final_correct"]),
@@ -248,7 +212,7 @@ class Runner:
             "reflection_tokens": int(fields["reflection_tokens"]),
             "response_tokens": len(out.response_ids),
             "turns": turns,
-            "layout": token_layout(recorder.spans, kinds, len(out.prompt_ids), list(out.response_mask)),
+            "layout": token_layout(fields["turns"], list(out.response_mask)),
         }
 
 

@@ -20,9 +20,8 @@ from typing import Any
 
 from verl_reflect import data
 from verl_reflect.backend import make_backend
-from verl_reflect.cli_support import UserError, run_command
+from verl_reflect.cli_support import ArgumentParser, UserError, run_command
 from verl_reflect.eval import (
-    ArgumentParser,
     Runner,
     add_run_args,
     as_completed_limited,
