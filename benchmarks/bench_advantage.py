@@ -1,6 +1,6 @@
 """reflect_grpo vs verl's own grpo estimators on the same batch: wall-time ratio (target: at most 1.5).
 
-    python benchmarks/bench_advantage.py [--batch 4096] [--length 2048] [--group-size 8] [--repeats 5]
+python benchmarks/bench_advantage.py [--batch 4096] [--length 2048] [--group-size 8] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def main() -> None:
         ),
     ]
     baseline = rows[0][1]
-    print(f"advantage estimators on {args.batch} x {args.length} (groups of {args.group_size}), median of {args.repeats}")
+    print(
+        f"advantage estimators on {args.batch} x {args.length} (groups of {args.group_size}), median of {args.repeats}"
+    )
     print(f"{'estimator':<22}{'ms':>10}{'ratio vs grpo':>16}")
     for name, seconds in rows:
         print(f"{name:<22}{seconds * 1e3:>10.1f}{seconds / baseline:>16.2f}")

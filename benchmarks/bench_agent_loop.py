@@ -53,8 +53,14 @@ def cpu_ms_per_trajectory(
     async def run_all():
         for _ in range(trajectories):
             loop = loop_cls(
-                trainer_config=DictConfigWrap(cfg), server_manager=server, tokenizer=tokenizer, processor=None,
-                dataset_cls=RLHFDataset, data_config=DictConfigWrap(cfg.data), hf_model_type="qwen2", **kwargs,
+                trainer_config=DictConfigWrap(cfg),
+                server_manager=server,
+                tokenizer=tokenizer,
+                processor=None,
+                dataset_cls=RLHFDataset,
+                data_config=DictConfigWrap(cfg.data),
+                hf_model_type="qwen2",
+                **kwargs,
             )
             await loop.run({"temperature": 1.0, "logprobs": True}, **ROW)
 
@@ -78,11 +84,14 @@ def main() -> None:
 
     single = cpu_ms_per_trajectory(SingleTurnAgentLoop, tokenizer, server, args.trajectories, response_length)
     reflect = cpu_ms_per_trajectory(ReflectRetryAgentLoop, tokenizer, server, args.trajectories, response_length)
-    print(f"agent-loop CPU per trajectory (best of 5 runs of {args.trajectories}), instant server, {args.turn_tokens}-token turns")
+    setting = f"best of 5 x {args.trajectories}, instant server, {args.turn_tokens}-token turns"
+    print(f"agent-loop CPU per trajectory ({setting})")
     print(f"{'loop':<44}{'ms/traj':>10}{'ratio':>8}")
     print(f"{'single_turn_agent (1 turn)':<44}{single:>10.2f}{1.0:>8.2f}")
     print(f"{'reflect_retry (attempt, reflection, retry)':<44}{reflect:>10.2f}{reflect / single:>8.2f}")
-    print(f"reflect_retry: {reflect:.2f} ms CPU per trajectory (target < 5 ms): {'OK' if reflect < 5 else 'OVER TARGET'}")
+    print(
+        f"reflect_retry: {reflect:.2f} ms CPU per trajectory (target < 5 ms): {'OK' if reflect < 5 else 'OVER TARGET'}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""reflect_grpo against hand-computed values, against verl's grpo where they must agree, and through verl's compute_advantage."""
+"""reflect_grpo: hand-computed values, agreement with verl's grpo where they must agree, verl's compute_advantage."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def outcome_rewards(scores: list[float], length: int) -> torch.Tensor:
 
 # Rows: uid, reward, reflection span [start, end) in a response of 6 tokens (None: solved first try).
 ROWS = [
-    ("a", 1.0, None),    # first-try success: no advantage, not in the baseline
+    ("a", 1.0, None),  # first-try success: no advantage, not in the baseline
     ("a", 1.0, (1, 3)),
     ("a", 0.0, (2, 5)),
     ("a", 1.0, (0, 2)),
@@ -71,7 +71,9 @@ def test_hand_computed_values(normalise):
 
 def test_config_norm_flag_wins_as_verl_passes_only_config():
     rewards, mask, index = batch()
-    advantages, _ = compute_reflect_grpo_advantage(rewards, mask, index, config=AlgoConfig(norm_adv_by_std_in_grpo=False))
+    advantages, _ = compute_reflect_grpo_advantage(
+        rewards, mask, index, config=AlgoConfig(norm_adv_by_std_in_grpo=False)
+    )
     torch.testing.assert_close(advantages, torch.tensor(expected_scalars(False)).unsqueeze(-1) * mask)
 
 

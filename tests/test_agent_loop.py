@@ -20,8 +20,12 @@ from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.workers.rollout.replica import TokenOutput
 
 import verl_reflect.register  # noqa: F401
-from verl_reflect.agent_loop import DEFAULT_REFLECTION_PROMPT, DEFAULT_RETRY_PROMPT, ReflectRetryAgentLoop
-from verl_reflect.agent_loop import standalone_config
+from verl_reflect.agent_loop import (
+    DEFAULT_REFLECTION_PROMPT,
+    DEFAULT_RETRY_PROMPT,
+    ReflectRetryAgentLoop,
+    standalone_config,
+)
 
 PROMPT = [{"role": "user", "content": "Using the numbers [1, 2, 3], create an equation that equals 9."}]
 ROW = {
@@ -76,7 +80,11 @@ def run_loop(tokenizer, replies, *, response_length=512, stop=True, **loop_kwarg
 
 
 def render(tokenizer, messages, add_generation_prompt=False) -> list[int]:
-    return list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False))
+    return list(
+        tokenizer.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
+        )
+    )
 
 
 def conversation(*turns: str, reflection_prompt=DEFAULT_REFLECTION_PROMPT, retry_prompt=DEFAULT_RETRY_PROMPT):
@@ -154,7 +162,9 @@ def test_failure_then_success_trains_exactly_the_reflection(tiny_tokenizer):
     assert [call["prompt_ids"] for call in server.calls] == [
         render(tiny_tokenizer, PROMPT, True),
         render(tiny_tokenizer, conversation(WRONG) + [{"role": "user", "content": DEFAULT_REFLECTION_PROMPT}], True),
-        render(tiny_tokenizer, conversation(WRONG, REFLECTION) + [{"role": "user", "content": DEFAULT_RETRY_PROMPT}], True),
+        render(
+            tiny_tokenizer, conversation(WRONG, REFLECTION) + [{"role": "user", "content": DEFAULT_RETRY_PROMPT}], True
+        ),
     ]
     assert len({call["request_id"] for call in server.calls}) == 1
     assert all(call["temperature"] == 1.0 for call in server.calls)
@@ -192,13 +202,16 @@ def test_multiple_rounds_mask_every_reflection(tiny_tokenizer):
     out, server = run_loop(tiny_tokenizer, [WRONG, REFLECTION, WRONG, second, RIGHT], max_reflections=2)
 
     assert len(server.calls) == 5
-    assert out.prompt_ids + out.response_ids == render(
-        tiny_tokenizer, conversation(WRONG, REFLECTION, WRONG, second, RIGHT)
-    )[:-1]
+    assert (
+        out.prompt_ids + out.response_ids
+        == render(tiny_tokenizer, conversation(WRONG, REFLECTION, WRONG, second, RIGHT))[:-1]
+    )
     first_start = reflection_span(tiny_tokenizer, WRONG)
     second_start = reflection_span(tiny_tokenizer, WRONG, REFLECTION, WRONG)
     expected = [0] * len(out.response_ids)
-    expected[first_start : first_start + n_tokens(tiny_tokenizer, REFLECTION)] = [1] * n_tokens(tiny_tokenizer, REFLECTION)
+    expected[first_start : first_start + n_tokens(tiny_tokenizer, REFLECTION)] = [1] * n_tokens(
+        tiny_tokenizer, REFLECTION
+    )
     expected[second_start : second_start + n_tokens(tiny_tokenizer, second)] = [1] * n_tokens(tiny_tokenizer, second)
     assert out.response_mask == expected
     assert out.reward_score == 1.0
@@ -214,9 +227,7 @@ def test_max_reflections_zero_is_plain_single_attempt(tiny_tokenizer):
 
 
 def test_per_turn_caps_reach_the_server(tiny_tokenizer):
-    _, server = run_loop(
-        tiny_tokenizer, [WRONG, REFLECTION, RIGHT], max_attempt_tokens=40, max_reflection_tokens=7
-    )
+    _, server = run_loop(tiny_tokenizer, [WRONG, REFLECTION, RIGHT], max_attempt_tokens=40, max_reflection_tokens=7)
     assert [call["max_tokens"] for call in server.calls] == [40, 7, 40]
 
 
@@ -251,9 +262,13 @@ def test_unknown_data_source_is_a_clear_error(tiny_tokenizer):
 
     async def main():
         loop = ReflectRetryAgentLoop(
-            trainer_config=DictConfigWrap(cfg), server_manager=ScriptedServer(tiny_tokenizer, [RIGHT]),
-            tokenizer=tiny_tokenizer, processor=None, dataset_cls=RLHFDataset,
-            data_config=DictConfigWrap(cfg.data), hf_model_type="qwen2",
+            trainer_config=DictConfigWrap(cfg),
+            server_manager=ScriptedServer(tiny_tokenizer, [RIGHT]),
+            tokenizer=tiny_tokenizer,
+            processor=None,
+            dataset_cls=RLHFDataset,
+            data_config=DictConfigWrap(cfg.data),
+            hf_model_type="qwen2",
         )
         return await loop.run({}, **{**ROW, "data_source": "no_such_task"})
 

@@ -125,7 +125,10 @@ def test_two_models_side_by_side(tmp_path, tiny_model_dir, capsys):
     assert _table_value(out, "N") == ["2", "2"]
     records = _records(out_dir)
     assert {(r["model"], r["index"]) for r in records} == {
-        (tiny_model_dir.name, 0), (tiny_model_dir.name, 1), ("checkpoint-7", 0), ("checkpoint-7", 1)
+        (tiny_model_dir.name, 0),
+        (tiny_model_dir.name, 1),
+        ("checkpoint-7", 0),
+        ("checkpoint-7", 1),
     }
     assert len(records) == 4
     # Same weights, greedy decoding: identical trajectories under both labels.
@@ -138,7 +141,9 @@ def test_demo_shows_the_mask(tmp_path, tiny_default, capsys):
     assert cli.main(["demo", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert _table_value(out, "N") == ["16"]
-    assert re.search(r"attempt \d+ \| user turn \d+ \| REFLECTION (\d+) \(mask=1 on \1\) \| user turn \d+ \| retry", out)
+    assert re.search(
+        r"attempt \d+ \| user turn \d+ \| REFLECTION (\d+) \(mask=1 on \1\) \| user turn \d+ \| retry", out
+    )
     assert "expected" in out
     assert len(_records(tmp_path)) == 16 and (tmp_path / ev.PNG_NAME).exists()
 
@@ -237,7 +242,9 @@ def test_console_script_error_is_one_line(tmp_path):
     assert script.exists(), "pip install -e . installs the console script"
     result = subprocess.run(
         [str(script), "eval", "--model", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr

@@ -11,5 +11,9 @@ def test_readme_shows_both_commands_and_ci_runs_the_test_command():
     readme = (REPO / "README.md").read_text()
     assert DEMO_COMMAND in readme
     assert TEST_COMMAND in readme
-    ci_commands = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    ci_commands = [
+        line
+        for line in (REPO / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd "))
+    ]
     assert ci_commands == [TEST_COMMAND]

@@ -91,7 +91,10 @@ def test_recipe_resolves_estimator_agent_loop_and_reward(name, tiny_tokenizer, m
     if task == "countdown":
         sample = ("<answer> (1 + 2) * 3 </answer>", '{"target": 9, "numbers": [1, 2, 3]}')
     else:
-        sample = ('<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>', '[{"name": "f", "arguments": {"x": 1}}]')
+        sample = (
+            '<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>',
+            '[{"name": "f", "arguments": {"x": 1}}]',
+        )
     assert reward_fn(data_source=task, solution_str=sample[0], ground_truth=sample[1], extra_info={}) == 1.0
 
 
@@ -99,9 +102,22 @@ def test_the_readme_training_command_composes():
     # `--cfg job` makes verl's own entry point compose and print the config, then exit before training.
     name = RECIPES[0]
     result = subprocess.run(
-        [sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(REPO / "recipes"),
-         "--config-name", name, *DATA, "--cfg", "job"],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "verl.trainer.main_ppo",
+            "--config-path",
+            str(REPO / "recipes"),
+            "--config-name",
+            name,
+            *DATA,
+            "--cfg",
+            "job",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]

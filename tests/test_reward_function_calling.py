@@ -78,7 +78,7 @@ def test_last_top_level_json_value_wins():
     assert score(f"{json.dumps([WEATHER])} no, better: {json.dumps(GT)}") == 1.0
     assert score(f"{json.dumps(GT)} no, better: {json.dumps([WEATHER])}") == 0.0
     # Brackets inside JSON strings do not end the value.
-    gt = [{"name": "echo", "arguments": {"text": "a ] } [ { \" \\"}}]
+    gt = [{"name": "echo", "arguments": {"text": 'a ] } [ { " \\'}}]
     assert score(f"ok: {json.dumps(gt)} ", json.dumps(gt)) == 1.0
 
 

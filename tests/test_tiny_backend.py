@@ -10,8 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl_reflect import backend as backend_mod
-from verl_reflect import data
-from verl_reflect import tiny
+from verl_reflect import data, tiny
 from verl_reflect.backend import HFBackend, make_backend
 from verl_reflect.cli_support import UserError
 
@@ -176,6 +175,7 @@ def test_repetition_penalty_changes_greedy_output(hf):
 
 def test_concurrent_requests_share_forward_passes(hf):
     calls = []
+
     def count(module, args, kwargs, out):
         calls.append(kwargs["input_ids"].shape[0])
 

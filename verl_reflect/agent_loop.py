@@ -109,9 +109,12 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         while not correct and num_reflections < self.max_reflections:
             if not await self._add_user_turn(traj, self.reflection_prompt):
                 break
-            if await self._generate(
-                traj, "reflection", request_id, sampling_params, self.max_reflection_tokens, metrics
-            ) is None:
+            if (
+                await self._generate(
+                    traj, "reflection", request_id, sampling_params, self.max_reflection_tokens, metrics
+                )
+                is None
+            ):
                 break
             num_reflections += 1
             # A retry that does not fit in the budget counts as a failed retry: reward 0.
@@ -187,7 +190,13 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             traj.mask[-num_tokens:] = [0] * num_tokens
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
         traj.messages.append({"role": "assistant", "content": text})
-        turn = {"kind": kind, "text": text, "correct": None, "start": len(traj.mask) - num_tokens, "num_tokens": num_tokens}
+        turn = {
+            "kind": kind,
+            "text": text,
+            "correct": None,
+            "start": len(traj.mask) - num_tokens,
+            "num_tokens": num_tokens,
+        }
         traj.turns.append(turn)
         return turn
 

@@ -253,9 +253,7 @@ class HFBackend:
             logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
         logp = logits.log_softmax(-1)
         probs = logp.exp()
-        token = torch.stack(
-            [torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)]
-        )
+        token = torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)])
         return token, logp.gather(1, token[:, None])[:, 0]
 
 

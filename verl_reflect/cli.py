@@ -61,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``verl-reflect`` console script: ``verl-reflect <command> [args]``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
-        usage = "usage: verl-reflect {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(
-            f"  {name:<16}{help_}" for name, (_, help_) in COMMANDS.items()
+        usage = (
+            "usage: verl-reflect {"
+            + ",".join(COMMANDS)
+            + "} ...\n\n"
+            + "\n".join(f"  {name:<16}{help_}" for name, (_, help_) in COMMANDS.items())
         )
         if argv and argv[0] in ("-h", "--help"):
             print(usage)

@@ -259,9 +259,7 @@ def load_xlam(path: str | Path) -> list[dict]:
                 try:
                     data.append(json.loads(line))
                 except json.JSONDecodeError as line_err:
-                    raise UserError(
-                        f"{path}: not valid JSON or JSON Lines (line {lineno}: {line_err.msg})"
-                    ) from None
+                    raise UserError(f"{path}: not valid JSON or JSON Lines (line {lineno}: {line_err.msg})") from None
     if isinstance(data, dict):  # JSON Lines with a single record
         data = [data]
     if not isinstance(data, list):
