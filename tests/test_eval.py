@@ -34,9 +34,9 @@ def count_trajectories(monkeypatch):
     calls = []
     original = ev.Runner.trajectory
 
-    async def counted(self, row, sampling, *, max_reflections):
+    async def counted(self, row, sampling, **loop_kwargs):
         calls.append(row["prompt"][-1]["content"])
-        return await original(self, row, sampling, max_reflections=max_reflections)
+        return await original(self, row, sampling, **loop_kwargs)
 
     monkeypatch.setattr(ev.Runner, "trajectory", counted)
     return calls
@@ -248,4 +248,47 @@ def test_console_script_error_is_one_line(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- training's loop settings
+
+
+def test_agent_loop_config_gives_eval_the_recipes_settings_and_flags_override(tmp_path, tiny_default, capsys):
+    config = tmp_path / "loop.yaml"
+    config.write_text(
+        "- name: reflect_retry\n"
+        "  _target_: verl_reflect.agent_loop.ReflectRetryAgentLoop\n"
+        "  max_reflections: 2\n"
+        "  max_attempt_tokens: 5\n"
+        "  max_reflection_tokens: 3\n"
+    )
+    out_dir = tmp_path / "out"
+    args = ["eval", "--limit", "2", "--out-dir", str(out_dir), "--agent-loop-config", str(config)]
+    assert cli.main(args + ["--max-attempt-tokens", "4"]) == 0
+    for r in _records(out_dir):
+        # Random weights fail every time: two rounds from the YAML, turn caps from the YAML and the flag.
+        assert [t["kind"] for t in r["turns"]] == ["attempt", "reflection", "retry", "reflection", "retry"]
+        assert r["num_reflections"] == 2
+        generated = [(kind, n) for kind, n, _ in r["layout"] if kind != "user"]
+        assert all(0 < n <= (3 if kind == "reflection" else 4) for kind, n in generated)
+        assert max(n for kind, n in generated if kind != "reflection") == 4
+
+
+@pytest.mark.parametrize("task", ["countdown", "function_calling"])
+def test_the_shipped_agent_loop_configs_load(task):
+    config = Path(__file__).resolve().parents[1] / "recipes" / "agent_loops" / f"{task}.yaml"
+    args = ev.build_parser().parse_args(["--agent-loop-config", str(config)])
+    ev.apply_agent_loop_config(args)
+    assert args.max_reflections == 1 and args.max_attempt_tokens > 0 and args.max_reflection_tokens > 0
+    assert "reflect" in args.reflection_prompt.lower() and args.retry_prompt
+
+
+def test_agent_loop_config_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- name: tool_agent\n")
+    for path, message in ((tmp_path / "missing.yaml", "no such file"), (bad, "no agent loop named reflect_retry")):
+        assert cli.main(["eval", "--agent-loop-config", str(path), "--out-dir", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "o").exists()

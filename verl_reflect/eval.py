@@ -74,6 +74,39 @@ def add_run_args(parser: argparse.ArgumentParser, *, temperature: float) -> None
     parser.add_argument("--max-attempt-tokens", type=positive_int, help="cap per attempt/retry (tiny: 32, else 1024)")
     parser.add_argument("--prompt-length", type=positive_int, help="verl rollout.prompt_length (tiny: 512, else 1024)")
     parser.add_argument("--response-length", type=positive_int, help="rollout.response_length (tiny: 256, else 4096)")
+    parser.add_argument(
+        "--agent-loop-config",
+        type=Path,
+        help="a recipe's agent-loop YAML (recipes/agent_loops/<task>.yaml): run the loop with training's settings",
+    )
+
+
+# The ReflectRetryAgentLoop kwargs a recipe's agent-loop YAML sets and the command line can override.
+LOOP_SETTINGS = ("reflection_prompt", "retry_prompt", "max_reflections", "max_attempt_tokens", "max_reflection_tokens")
+
+
+def apply_agent_loop_config(args: argparse.Namespace) -> None:
+    """Fill the loop settings not given on the command line from ``--agent-loop-config``, so that eval and
+    build-failures run the loop with the prompts and caps the recipe trains with."""
+    path = args.agent_loop_config
+    if path is None:
+        return
+    from omegaconf import OmegaConf
+
+    try:
+        entries = OmegaConf.to_container(OmegaConf.load(path))
+        entries = entries if isinstance(entries, list) else []
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except Exception as err:  # noqa: BLE001 - any YAML error is the user's file, not our bug
+        raise UserError(f"{path}: not valid YAML ({type(err).__name__})") from None
+    matches = [e for e in entries if isinstance(e, dict) and e.get("name") == "reflect_retry"]
+    entry = matches[-1] if matches else None  # verl's registry keeps the last entry of a name
+    if entry is None:
+        raise UserError(f"{path}: no agent loop named reflect_retry (a YAML list of {{name, _target_, ...}})")
+    for key in LOOP_SETTINGS:
+        if key in entry and getattr(args, key, None) is None:
+            setattr(args, key, entry[key])
 
 
 @dataclass(frozen=True)
@@ -192,10 +225,11 @@ class Runner:
         if close is not None:
             close()
 
-    async def trajectory(self, row: dict, sampling: dict[str, Any], *, max_reflections: int) -> dict[str, Any]:
-        """Run one row; returns the JSON-ready record (verdicts, turns, reflection tokens, token layout)."""
+    async def trajectory(self, row: dict, sampling: dict[str, Any], **loop_kwargs: Any) -> dict[str, Any]:
+        """Run one row (``loop_kwargs`` override the runner's); returns the JSON-ready record (verdicts,
+        turns, reflection tokens, token layout)."""
         # Built here, inside the running event loop, which AgentLoopBase captures.
-        loop = self._loop_cls(server_manager=self.backend, max_reflections=max_reflections, **self._loop_kwargs)
+        loop = self._loop_cls(server_manager=self.backend, **{**self._loop_kwargs, **loop_kwargs})
         out = await loop.run(
             dict(sampling),
             raw_prompt=list(row["prompt"]),
@@ -274,7 +308,6 @@ def evaluate(
     jsonl: Path,
     *,
     sampling: dict[str, Any],
-    max_reflections: int,
     concurrency: int,
 ) -> int:
     """Run every row of ``rows`` not yet in ``jsonl`` for this model, appending each record as it finishes.
@@ -293,7 +326,7 @@ def evaluate(
         return 0
 
     async def one(index: int, row: dict) -> dict:
-        record = await runner.trajectory(row, sampling, max_reflections=max_reflections)
+        record = await runner.trajectory(row, sampling)
         key = {"model": label, "index": index, "data_source": row["data_source"], "prompt_key": prompt_key(row)}
         return {**key, **record}
 
@@ -401,13 +434,15 @@ def report(labels: list[str], jsonl: Path, out_dir: Path) -> dict[str, dict[str,
 
 def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """The whole command, given parsed arguments (``demo`` calls it too)."""
-    if args.max_reflections < 0:
+    apply_agent_loop_config(args)
+    if args.max_reflections is not None and args.max_reflections < 0:
         raise UserError(f"--max-reflections must be >= 0, got {args.max_reflections}")
     rows = load_rows(args.data, limit=args.limit, seed=args.seed)
     specs = resolve_models([args.model] + ([args.compare_model] if args.compare_model else []), args)
     jsonl = args.out_dir / JSONL_NAME
-    prompts = {"reflection_prompt": args.reflection_prompt, "retry_prompt": args.retry_prompt}
-    loop_kwargs = {name: text for name, text in prompts.items() if text}  # unset: the loop's defaults
+    # Unset settings are left to the loop's own defaults (its constructor is their one place).
+    settings = ("reflection_prompt", "retry_prompt", "max_reflections")
+    loop_kwargs = {name: getattr(args, name) for name in settings if getattr(args, name) is not None}
     for spec in specs:
         runner = Runner(spec, make_backend(spec.path, args.backend, max_batch_size=args.concurrency), **loop_kwargs)
         try:
@@ -416,7 +451,6 @@ def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 rows,
                 jsonl,
                 sampling=sampling_params(args),
-                max_reflections=args.max_reflections,
                 concurrency=args.concurrency,
             )
         finally:
@@ -430,7 +464,7 @@ def build_parser(prog: str = "verl-reflect eval") -> argparse.ArgumentParser:
     add_run_args(parser, temperature=0.0)
     parser.add_argument("--compare-model", help="a second model (e.g. the trained checkpoint): one column each")
     parser.add_argument("--out-dir", type=Path, default=Path("eval_out"), help=f"{JSONL_NAME} and {PNG_NAME} go here")
-    parser.add_argument("--max-reflections", type=int, default=1, help="reflect-retry rounds after a failed attempt")
+    parser.add_argument("--max-reflections", type=int, help="reflect-retry rounds after a failed attempt (default 1)")
     parser.add_argument("--max-reflection-tokens", type=positive_int, help="cap per reflection (tiny: 24, else 512)")
     parser.add_argument("--reflection-prompt", help="override the loop's reflection request")
     parser.add_argument("--retry-prompt", help="override the loop's retry request")

@@ -24,6 +24,7 @@ from verl_reflect.cli_support import ArgumentParser, UserError, run_command
 from verl_reflect.eval import (
     Runner,
     add_run_args,
+    apply_agent_loop_config,
     as_completed_limited,
     load_rows,
     quiet_transformers,
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.suffix != ".parquet":  # verl's RLHFDataset picks the reader by file extension
         raise UserError(f"--out must end in .parquet, got {args.out}")
     check_filter_args(args.k, args.max_success_rate)
+    apply_agent_loop_config(args)
     rows = load_rows(args.data, limit=args.limit, seed=args.seed)
     (spec,) = resolve_models([args.model], args)
     quiet_transformers()
