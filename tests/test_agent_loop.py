@@ -17,6 +17,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopWorker, DictConfigW
 from verl.trainer.config import AlgoConfig
 from verl.trainer.ppo.ray_trainer import compute_advantage
 from verl.utils.dataset.rl_dataset import RLHFDataset
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.rollout.replica import TokenOutput
 
 import verl_reflect.register  # noqa: F401
@@ -328,3 +329,18 @@ def test_group_of_rollouts_through_verl_postprocessing_and_compute_advantage(tin
     expected = torch.tensor([0.0, (1 / 3) / (std + 1e-6), (-2 / 3) / (std + 1e-6), (1 / 3) / (std + 1e-6)])
     torch.testing.assert_close(advantages, expected.unsqueeze(-1) * response_mask)
     assert torch.all(advantages[response_mask == 0] == 0)
+
+
+def test_outputs_pack_for_verl_v1_transfer_queue(tiny_tokenizer):
+    # verl's default (v1) trainer stores each AgentLoopOutput.as_dict() through list_of_dict_to_tensordict.
+    outputs = [run_loop(tiny_tokenizer, script)[0] for script in ([RIGHT], [WRONG, REFLECTION, RIGHT])]
+    fields = [{**out.as_dict(), "raw_prompt": PROMPT, "uid": "p0"} for out in outputs]
+    packed = list_of_dict_to_tensordict(fields)
+
+    for row, out in enumerate(outputs):
+        assert packed["response_mask"][row].tolist() == out.response_mask
+        assert packed["rm_scores"][row].tolist() == [0.0] * (len(out.response_ids) - 1) + [out.reward_score]
+    extra_fields = list(packed["extra_fields"])
+    assert [f["reward_extra_info"]["final_correct"] for f in extra_fields] == [1.0, 1.0]
+    assert [f["reward_extra_info"]["first_try_correct"] for f in extra_fields] == [1.0, 0.0]
+    assert [turn["kind"] for turn in extra_fields[1]["turns"]] == ["attempt", "reflection", "retry"]
