@@ -84,7 +84,8 @@ def test_recipe_resolves_estimator_agent_loop_and_reward(name, tiny_tokenizer, m
     assert loop.max_reflections == entry.max_reflections == 1
     assert loop.reflection_prompt == entry.reflection_prompt
     assert loop.response_length == cfg.data.max_response_length
-    assert entry.max_attempt_tokens + entry.max_reflection_tokens < loop.response_length
+    # Attempt, reflection and retry at their caps, plus the two user turns, fit the response budget.
+    assert 2 * entry.max_attempt_tokens + entry.max_reflection_tokens + 256 <= loop.response_length
 
     # verl's reward-function loader finds the dispatching compute_score and it scores this task.
     reward_fn = get_custom_reward_fn(cfg)
