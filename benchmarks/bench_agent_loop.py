@@ -14,12 +14,10 @@ import asyncio
 import json
 import time
 
-from verl.experimental.agent_loop.agent_loop import DictConfigWrap
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
-from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.workers.rollout.replica import TokenOutput
 
-from verl_reflect.agent_loop import ReflectRetryAgentLoop, standalone_config
+from verl_reflect.agent_loop import ReflectRetryAgentLoop, standalone_kwargs
 from verl_reflect.tiny import build_tokenizer
 
 ROW = {
@@ -48,20 +46,13 @@ def cpu_ms_per_trajectory(
     loop_cls, tokenizer, server, trajectories: int, response_length: int, repeats: int = 5, **kwargs
 ) -> float:
     """CPU milliseconds one trajectory costs: the best of ``repeats`` runs (as timeit reports)."""
-    cfg = standalone_config(prompt_length=512, response_length=response_length)
+    verl_kwargs = standalone_kwargs(
+        tokenizer, prompt_length=512, response_length=response_length, hf_model_type="qwen2"
+    )
 
     async def run_all():
         for _ in range(trajectories):
-            loop = loop_cls(
-                trainer_config=DictConfigWrap(cfg),
-                server_manager=server,
-                tokenizer=tokenizer,
-                processor=None,
-                dataset_cls=RLHFDataset,
-                data_config=DictConfigWrap(cfg.data),
-                hf_model_type="qwen2",
-                **kwargs,
-            )
+            loop = loop_cls(server_manager=server, **verl_kwargs, **kwargs)
             await loop.run({"temperature": 1.0, "logprobs": True}, **ROW)
 
     asyncio.run(run_all())  # warm-up: template compilation, lazy imports

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from verl.experimental.agent_loop.agent_loop import AgentLoopWorker, DictConfigWrap, _agent_loop_registry
+from verl.experimental.agent_loop.agent_loop import AgentLoopWorker, _agent_loop_registry
 from verl.trainer.config import AlgoConfig
 from verl.trainer.ppo.ray_trainer import compute_advantage
-from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.rollout.replica import TokenOutput
 
@@ -25,7 +24,7 @@ from verl_reflect.agent_loop import (
     DEFAULT_REFLECTION_PROMPT,
     DEFAULT_RETRY_PROMPT,
     ReflectRetryAgentLoop,
-    standalone_config,
+    standalone_kwargs,
 )
 
 PROMPT = [{"role": "user", "content": "Using the numbers [1, 2, 3], create an equation that equals 9."}]
@@ -61,20 +60,13 @@ class ScriptedServer:
 
 def run_loop(tokenizer, replies, *, response_length=512, stop=True, **loop_kwargs):
     server = ScriptedServer(tokenizer, replies, stop=stop)
-    cfg = standalone_config(prompt_length=256, response_length=response_length)
+    verl_kwargs = standalone_kwargs(
+        tokenizer, prompt_length=256, response_length=response_length, hf_model_type="qwen2"
+    )
 
     async def main():
         # AgentLoopBase captures the running event loop: build it inside one.
-        loop = ReflectRetryAgentLoop(
-            trainer_config=DictConfigWrap(cfg),
-            server_manager=server,
-            tokenizer=tokenizer,
-            processor=None,
-            dataset_cls=RLHFDataset,
-            data_config=DictConfigWrap(cfg.data),
-            hf_model_type="qwen2",
-            **loop_kwargs,
-        )
+        loop = ReflectRetryAgentLoop(server_manager=server, **verl_kwargs, **loop_kwargs)
         return await loop.run({"temperature": 1.0, "logprobs": True}, **ROW)
 
     return asyncio.run(main()), server
@@ -259,18 +251,10 @@ def test_attempt_filling_the_budget_stops_before_reflecting(tiny_tokenizer):
 
 
 def test_unknown_data_source_is_a_clear_error(tiny_tokenizer):
-    cfg = standalone_config(prompt_length=64, response_length=64)
+    verl_kwargs = standalone_kwargs(tiny_tokenizer, prompt_length=64, response_length=64, hf_model_type="qwen2")
 
     async def main():
-        loop = ReflectRetryAgentLoop(
-            trainer_config=DictConfigWrap(cfg),
-            server_manager=ScriptedServer(tiny_tokenizer, [RIGHT]),
-            tokenizer=tiny_tokenizer,
-            processor=None,
-            dataset_cls=RLHFDataset,
-            data_config=DictConfigWrap(cfg.data),
-            hf_model_type="qwen2",
-        )
+        loop = ReflectRetryAgentLoop(server_manager=ScriptedServer(tiny_tokenizer, [RIGHT]), **verl_kwargs)
         return await loop.run({}, **{**ROW, "data_source": "no_such_task"})
 
     with pytest.raises(ValueError, match="no_such_task"):

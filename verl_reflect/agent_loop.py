@@ -22,8 +22,9 @@ import os
 from typing import Any, Optional
 from uuid import uuid4
 
-from omegaconf import DictConfig, OmegaConf
-from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
+from omegaconf import OmegaConf
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, DictConfigWrap, register
+from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.profiler import simple_timer
 
 from reward_fns import get_compute_score
@@ -213,16 +214,26 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         return True
 
 
-def standalone_config(prompt_length: int, response_length: int, **chat_template_kwargs) -> DictConfig:
-    """The slice of verl's trainer config that ``ReflectRetryAgentLoop`` reads, for running it outside the trainer.
+def standalone_kwargs(
+    tokenizer, *, prompt_length: int, response_length: int, hf_model_type: Optional[str] = None
+) -> dict[str, Any]:
+    """The constructor kwargs verl's AgentLoopWorker passes an agent loop, for running one outside the trainer.
 
-    Use with ``DictConfigWrap(cfg)`` as ``trainer_config`` and ``DictConfigWrap(cfg.data)`` as ``data_config``.
+    ``trainer_config`` holds only the slice of verl's config the loops read. Use as
+    ``ReflectRetryAgentLoop(server_manager=..., **standalone_kwargs(tok, ...), max_reflections=...)``,
+    inside a running event loop (``AgentLoopBase`` captures it).
     """
-    return OmegaConf.create(
+    config = OmegaConf.create(
         {
-            "actor_rollout_ref": {
-                "rollout": {"prompt_length": prompt_length, "response_length": response_length},
-            },
-            "data": {"apply_chat_template_kwargs": dict(chat_template_kwargs)},
+            "actor_rollout_ref": {"rollout": {"prompt_length": prompt_length, "response_length": response_length}},
+            "data": {"apply_chat_template_kwargs": {}},
         }
     )
+    return {
+        "trainer_config": DictConfigWrap(config),
+        "tokenizer": tokenizer,
+        "processor": None,
+        "dataset_cls": RLHFDataset,
+        "data_config": DictConfigWrap(config.data),
+        "hf_model_type": hf_model_type,
+    }

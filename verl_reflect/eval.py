@@ -198,23 +198,20 @@ class Runner:
     def __init__(self, spec: ModelSpec, backend: Any, **loop_kwargs: Any):
         # verl takes ~10 s to import: import it once a run really starts, not for --help or a bad argument.
         from transformers import AutoConfig, AutoTokenizer
-        from verl.experimental.agent_loop.agent_loop import DictConfigWrap
-        from verl.utils.dataset.rl_dataset import RLHFDataset
 
-        from verl_reflect.agent_loop import ReflectRetryAgentLoop, standalone_config
+        from verl_reflect.agent_loop import ReflectRetryAgentLoop, standalone_kwargs
 
         self.spec = spec
         self.backend = backend
         self.tokenizer = AutoTokenizer.from_pretrained(spec.path)
-        cfg = standalone_config(prompt_length=spec.budget.prompt_length, response_length=spec.budget.response_length)
         self._loop_cls = ReflectRetryAgentLoop
         self._loop_kwargs = dict(
-            trainer_config=DictConfigWrap(cfg),
-            tokenizer=self.tokenizer,
-            processor=None,
-            dataset_cls=RLHFDataset,
-            data_config=DictConfigWrap(cfg.data),
-            hf_model_type=AutoConfig.from_pretrained(spec.path).model_type,
+            **standalone_kwargs(
+                self.tokenizer,
+                prompt_length=spec.budget.prompt_length,
+                response_length=spec.budget.response_length,
+                hf_model_type=AutoConfig.from_pretrained(spec.path).model_type,
+            ),
             max_attempt_tokens=spec.budget.max_attempt_tokens,
             max_reflection_tokens=spec.budget.max_reflection_tokens,
             **loop_kwargs,
