@@ -41,12 +41,19 @@ LOGPROB = -0.5
 
 
 class ScriptedServer:
-    """verl's server-manager interface; answers each call with the next scripted text, honouring max_tokens."""
+    """verl's server-manager interface; answers each call with the next scripted text, honouring max_tokens.
 
-    def __init__(self, tokenizer, replies: list[str], stop: bool = True):
+    Returns every field verl's ``LLMServerClient.generate`` returns (``workers/rollout/llm_server.py``): the
+    weight version in ``extra_fields`` (``global_steps``, and ``min_global_steps`` / ``max_global_steps`` set
+    from it) and ``num_preempted``. ``weight_versions`` scripts the version per call (a sync mid-trajectory).
+    """
+
+    def __init__(self, tokenizer, replies: list[str], stop: bool = True, weight_versions=None, preempted=None):
         self.tokenizer = tokenizer
         self.replies = list(replies)
         self.stop = stop
+        self.weight_versions = list(weight_versions or [7] * len(replies))
+        self.preempted = list(preempted or [0] * len(replies))
         self.calls: list[dict] = []
 
     async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs) -> TokenOutput:
@@ -55,11 +62,18 @@ class ScriptedServer:
         if self.stop:
             ids.append(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
         ids = ids[: sampling_params["max_tokens"]]
-        return TokenOutput(token_ids=ids, log_probs=[LOGPROB] * len(ids), stop_reason="completed")
+        version = self.weight_versions.pop(0)
+        return TokenOutput(
+            token_ids=ids,
+            log_probs=[LOGPROB] * len(ids),
+            stop_reason="completed",
+            num_preempted=self.preempted.pop(0),
+            extra_fields={"global_steps": version, "min_global_steps": version, "max_global_steps": version},
+        )
 
 
-def run_loop(tokenizer, replies, *, response_length=512, stop=True, **loop_kwargs):
-    server = ScriptedServer(tokenizer, replies, stop=stop)
+def run_loop(tokenizer, replies, *, response_length=512, stop=True, server=None, **loop_kwargs):
+    server = server or ScriptedServer(tokenizer, replies, stop=stop)
     verl_kwargs = standalone_kwargs(
         tokenizer, prompt_length=256, response_length=response_length, hf_model_type="qwen2"
     )
@@ -188,6 +202,23 @@ def test_failure_twice_gets_zero_reward_but_keeps_the_reflection_span(tiny_token
     assert (out.extra_fields["final_correct"], out.extra_fields["num_reflections"]) == (False, 1)
     assert out.extra_fields["turn_scores"] == [0.0, 0.0]
     check_aligned(out)
+
+
+def test_server_fields_pass_through_like_verls_tool_loop(tiny_tokenizer):
+    # Regression: the v1 trainer reads min/max_global_steps back per trajectory (int(None) crashed every step).
+    # Weights synced between the attempt (version 3) and the retry (version 4).
+    server = ScriptedServer(tiny_tokenizer, [WRONG, REFLECTION, RIGHT], weight_versions=[3, 3, 4], preempted=[1, 0, 2])
+    out, _ = run_loop(tiny_tokenizer, None, server=server)
+    assert (out.extra_fields["min_global_steps"], out.extra_fields["max_global_steps"]) == (3, 4)
+    assert out.extra_fields["global_steps"] == 3  # the first turn's fields are kept whole, as tool_agent_loop does
+    assert out.metrics.num_preempted == 3
+
+
+def test_num_preempted_is_minus_one_when_the_server_does_not_say(tiny_tokenizer):
+    server = ScriptedServer(tiny_tokenizer, [RIGHT])
+    server.preempted = [None]
+    out, _ = run_loop(tiny_tokenizer, None, server=server)
+    assert out.metrics.num_preempted == -1
 
 
 def test_multiple_rounds_mask_every_reflection(tiny_tokenizer):

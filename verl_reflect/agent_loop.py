@@ -24,8 +24,11 @@ from uuid import uuid4
 
 from omegaconf import OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, DictConfigWrap, register
+from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.profiler import simple_timer
+from verl.utils.rollout_trace import rollout_trace_op
+from verl.workers.rollout.replica import TokenOutput
 
 from reward_fns import get_compute_score
 
@@ -48,6 +51,10 @@ class _Trajectory:
     mask: list[int] = dataclasses.field(default_factory=list)
     logprobs: Optional[list[float]] = None
     turns: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # What the server reports beside the tokens (weight versions, spec-decode counters), merged across
+    # turns exactly as tool_agent_loop merges them: the trainer reads it back per trajectory.
+    server_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+    routed_experts: Any = None
 
 
 @register("reflect_retry")
@@ -82,6 +89,7 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         self.max_reflection_tokens = max_reflection_tokens
         self.response_length = self.rollout_config.response_length
 
+    @rollout_trace_op
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         messages = list(kwargs["raw_prompt"])
         data_source = kwargs["data_source"]
@@ -136,10 +144,18 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             response_ids=response_ids,
             response_mask=traj.mask,
             response_logprobs=traj.logprobs,
+            # MoE router replay: the last turn's experts cover the whole sequence, as in tool_agent_loop.
+            routed_experts=(
+                traj.routed_experts[: prompt_length + self.response_length]
+                if traj.routed_experts is not None
+                else None
+            ),
             reward_score=float(correct),
             num_turns=len(traj.messages) - len(kwargs["raw_prompt"]) + 1,
             metrics=metrics,
             extra_fields={
+                # The server's fields first: the v1 trainer reads min/max_global_steps back after the update.
+                **traj.server_fields,
                 **stats,
                 # reward_extra_info is what verl reports per data source in validation metrics.
                 "reward_extra_info": {key: float(value) for key, value in stats.items()},
@@ -172,6 +188,7 @@ class ReflectRetryAgentLoop(AgentLoopBase):
                 prompt_ids=traj.token_ids,
                 sampling_params={**sampling_params, "max_tokens": max_tokens},
             )
+        self._merge_server_fields(traj, output, metrics)
         # Servers may ignore max_tokens by a token or two (stop strings); never let the budget overflow.
         token_ids = list(output.token_ids[:max_tokens])
         assistant_logprobs = list(output.log_probs[:max_tokens]) if output.log_probs else None
@@ -200,6 +217,30 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         }
         traj.turns.append(turn)
         return turn
+
+    @staticmethod
+    def _merge_server_fields(traj: _Trajectory, output: TokenOutput, metrics: dict[str, Any]) -> None:
+        """Carry what the server sent beside the tokens, merged across turns as tool_agent_loop does.
+
+        The first turn's fields are kept whole (``min_global_steps``: the weights the trajectory started
+        on); later turns move ``max_global_steps`` forward and add up the spec-decode counters.
+        ``num_preempted`` is -1 when the server does not report it, like verl's own loops.
+        """
+        preempted = output.num_preempted
+        if "num_preempted" not in metrics:
+            metrics["num_preempted"] = preempted if preempted is not None else -1
+        else:
+            metrics["num_preempted"] += preempted or 0
+        if not traj.server_fields:
+            traj.server_fields.update(output.extra_fields)
+        else:
+            if output.extra_fields.get("max_global_steps"):
+                traj.server_fields["max_global_steps"] = output.extra_fields["max_global_steps"]
+            for key in SPEC_DECODE_EXTRA_KEYS:
+                if key in output.extra_fields and key in traj.server_fields:
+                    traj.server_fields[key] = int(traj.server_fields[key]) + int(output.extra_fields[key])
+        if output.routed_experts is not None:
+            traj.routed_experts = output.routed_experts
 
     async def _add_user_turn(self, traj: _Trajectory, content: str) -> bool:
         """Append a user turn (mask 0) if, after it, at least one response token still fits."""
