@@ -1,5 +1,6 @@
-"""Register verl-reflect in verl: the ``reflect_retry`` agent loop, the ``reflect_grpo`` estimator, the CPU
-training path (``cpu`` platform, ``hf`` rollout) and the ``${verl_reflect.tiny_model:}`` config resolver.
+"""Register verl-reflect in verl: the ``reflect_retry`` agent loop, the ``reflect_grpo`` estimator, the
+``reflect_sync`` trainer, the CPU training path (``cpu`` platform, ``hf`` rollout) and the
+``${verl_reflect.tiny_model:}`` config resolver.
 
 Imported by the ``verl.plugins`` entry point on ``import verl``, and named by every recipe in
 ``actor_rollout_ref.model.external_lib`` so that verl imports it, loudly, in the trainer and in
@@ -11,6 +12,7 @@ from omegaconf import OmegaConf
 import verl_reflect.advantage  # noqa: F401  (registers reflect_grpo)
 import verl_reflect.agent_loop  # noqa: F401  (registers reflect_retry)
 import verl_reflect.cpu  # noqa: F401  (registers the cpu platform and the hf rollout; inert unless selected)
+import verl_reflect.trainer  # noqa: F401  (registers the reflect_sync trainer)
 from verl_reflect import tiny
 
 # The embedded tiny model's directory, built on first use: recipes name it without a path to fill in.
