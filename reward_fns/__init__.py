@@ -67,8 +67,11 @@ def _is_task_name(name: str) -> bool:
 
 
 def _no_reward_fn(data_source: object) -> ValueError:
-    is_name = isinstance(data_source, str) and _is_task_name(data_source)
-    where = f"reward_fns/{data_source}.py" if is_name else "reward_fns/<module name>.py"
+    is_name = isinstance(data_source, str) and all(_is_task_name(part) for part in data_source.split("."))
+    if not is_name:
+        where = "reward_fns/<module name>.py"
+    else:
+        where = f"{data_source.replace('.', '/')}.py" if "." in data_source else f"reward_fns/{data_source}.py"
     return ValueError(
         f"no reward function for data_source {data_source!r}: add {where} with compute_score(...)"
         f" (available: {', '.join(available_data_sources()) or 'none'})"
@@ -78,23 +81,26 @@ def _no_reward_fn(data_source: object) -> ValueError:
 def get_compute_score(data_source: str) -> Callable[..., float]:
     """Return ``reward_fns.<data_source>.compute_score``; raise ValueError if there is none.
 
+    A dotted ``data_source`` names a task module outside this package (a lab's private task, a test
+    fixture): ``my_tasks.sudoku`` is ``my_tasks/sudoku.py``'s ``compute_score``, importable on ``PYTHONPATH``.
+
     >>> get_compute_score("countdown").__module__
     'reward_fns.countdown'
     """
-    if not isinstance(data_source, str) or not _is_task_name(data_source):
+    if not isinstance(data_source, str) or not all(_is_task_name(part) for part in data_source.split(".")):
         raise _no_reward_fn(data_source)
     return _load(str(data_source))
 
 
 @functools.lru_cache(maxsize=None)
 def _load(data_source: str) -> Callable[..., float]:
-    module_name = f"{__name__}.{data_source}"
+    module_name = data_source if "." in data_source else f"{__name__}.{data_source}"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         # Only a missing task module means "no reward function"; a task module whose own
         # import fails is a bug that must surface as itself.
-        if e.name != module_name:
+        if e.name is None or not (module_name == e.name or module_name.startswith(e.name + ".")):
             raise
         raise _no_reward_fn(data_source) from None
     fn = getattr(module, "compute_score", None)

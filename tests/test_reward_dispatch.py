@@ -68,7 +68,6 @@ def test_available_data_sources_lists_task_modules_only():
     [
         "gsm8k",
         "openai/gsm8k",
-        "countdown.evil",
         "../countdown",
         "",
         "class",
@@ -86,6 +85,22 @@ def test_unknown_data_source_raises_one_clear_line(data_source):
     assert "with compute_score(...)" in message
     assert "countdown" in message and "function_calling" in message  # lists what is available
     assert "\n" not in message
+
+
+def test_dotted_data_source_is_a_task_module_outside_the_package(monkeypatch, tmp_path):
+    (tmp_path / "lab_tasks").mkdir()
+    (tmp_path / "lab_tasks" / "echo.py").write_text(
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
+        "    return float(solution_str == ground_truth)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert compute_score("lab_tasks.echo", "hi", "hi") == 1.0
+    assert compute_score("lab_tasks.echo", "hi", "ho") == 0.0
+    # A missing one names the file to add, relative to PYTHONPATH.
+    with pytest.raises(ValueError, match=r"add lab_tasks/nope\.py with compute_score"):
+        get_compute_score("lab_tasks.nope")
+    with pytest.raises(ValueError, match=r"add countdown/evil\.py with compute_score"):
+        get_compute_score("countdown.evil")
 
 
 def test_unknown_data_source_names_the_file_to_add():

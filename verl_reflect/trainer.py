@@ -97,6 +97,7 @@ class ReflectRetryTrainer(PPOTrainerSync):
             rows.append(
                 {
                     "key": key,
+                    "weights_version": tag.get("min_global_steps"),  # the policy version it was sampled from
                     **{name: extra[name] for name in _STAT_KEYS},
                     "reward": float(data["rm_scores"][i].sum()),
                     "response_ids": data["responses"][i].tolist(),

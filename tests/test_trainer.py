@@ -1,0 +1,178 @@
+"""verl's real trainer: ``python -m verl.trainer.main_ppo`` with ``recipes/countdown_tiny_cpu.yaml``, as a subprocess.
+
+Two runs of 2 steps each (about a minute apiece on 2 cores), on test-only tasks the random tiny model can
+solve (``tests/fixtures/toy_tasks``):
+
+- ``toy_tasks.parity``: about half the answers are right, so groups mix rewards, reflections get advantages,
+  and the weights move; checks what the trainer trained on (its own dump), the weight sync, per-step and
+  validation metrics, and that the saved checkpoint loads in ``verl-reflect eval``.
+- ``toy_tasks.first_try``: every first attempt is right, so no batch holds a reflection token; verl's own
+  ``sync`` trainer crashes there (``rollout_corr_helper.py``), ``reflect_sync`` skips the update.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from verl_reflect import data
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 2
+
+
+def write_task_data(directory: Path, data_source: str) -> tuple[Path, Path]:
+    """Countdown prompts scored by a toy task (``data_source``), as train/test parquet."""
+    paths = []
+    for split, size in (("train", 32), ("test", 8)):
+        rows = [{**row, "data_source": data_source} for row in data.countdown_rows(size, seed=1, split=split)]
+        data.write_parquet(rows, directory / f"{split}.parquet")
+        paths.append(directory / f"{split}.parquet")
+    return paths[0], paths[1]
+
+
+def run_main_ppo(tmp_path: Path, cache_dir: Path, data_source: str, *overrides: str) -> dict:
+    """Train ``STEPS`` steps; returns the exit code, the per-step metrics and the output folders."""
+    train, test = write_task_data(tmp_path, data_source)
+    metrics_path = tmp_path / "metrics.jsonl"
+    command = [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        "--config-path",
+        str(REPO / "recipes"),
+        "--config-name",
+        "countdown_tiny_cpu",
+        f"data.train_files={train}",
+        f"data.val_files={test}",
+        f"trainer.total_training_steps={STEPS}",
+        f"trainer.default_local_dir={tmp_path / 'checkpoints'}",
+        f"trainer.rollout_data_dir={tmp_path / 'rollouts'}",
+        "trainer.logger=[console,file]",
+        *overrides,
+    ]
+    env = {
+        **os.environ,
+        "VERL_PLATFORM": "cpu",
+        "VERL_FILE_LOGGER_PATH": str(metrics_path),
+        "VERL_REFLECT_CACHE": str(cache_dir),  # the tiny model this test session already built
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "fixtures"), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    steps = []
+    if metrics_path.exists():
+        steps = [json.loads(line)["data"] for line in metrics_path.read_text().splitlines() if line.strip()]
+    return {"proc": proc, "steps": steps, "dir": tmp_path}
+
+
+def check_ran(run: dict) -> None:
+    proc = run["proc"]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert [step["training/global_step"] for step in run["steps"]] == list(range(1, STEPS + 1))
+
+
+def trained_rows(run: dict, step: int) -> list[dict]:
+    path = run["dir"] / "rollouts" / f"trained_{step}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def parity_run(tmp_path_factory, tiny_model_dir):
+    # A large learning rate moves the policy far in one step, so a rollout server left on stale weights shows.
+    return run_main_ppo(
+        tmp_path_factory.mktemp("parity"), tiny_model_dir.parent, "toy_tasks.parity", "actor_rollout_ref.actor.optim.lr=1e-2"
+    )
+
+
+@pytest.fixture(scope="module")
+def first_try_run(tmp_path_factory, tiny_model_dir):
+    return run_main_ppo(tmp_path_factory.mktemp("first_try"), tiny_model_dir.parent, "toy_tasks.first_try")
+
+
+def test_main_ppo_trains_every_step_and_logs_reflect_metrics(parity_run):
+    check_ran(parity_run)
+    for step in parity_run["steps"]:
+        for key in ("reflect/first_try_correct", "reflect/final_correct", "reflect/reflected", "actor/pg_loss"):
+            assert math.isfinite(step[key]), key
+        assert step["reflect/skipped_update"] == 0.0
+        assert 0 < step["reflect/rows_with_gradient"] <= step["reflect/reflected"]
+        # The first-try accuracy is a real measurement: some rows are right, some reflect.
+        assert 0 < step["reflect/first_try_correct"] < 1
+
+
+def test_advantage_is_non_zero_only_on_reflection_tokens(parity_run):
+    check_ran(parity_run)
+    for step in range(1, STEPS + 1):
+        rows = trained_rows(parity_run, step)
+        assert len(rows) == 4 * 4  # train_batch_size x n
+        for row in rows:
+            reflection_positions = {
+                position
+                for turn in row["turns"]
+                if turn["kind"] == "reflection"
+                for position in range(turn["start"], turn["start"] + turn["num_tokens"])
+            }
+            trained = {i for i, advantage in enumerate(row["advantages"]) if advantage != 0}
+            masked = {i for i, bit in enumerate(row["response_mask"]) if bit}
+            assert masked == reflection_positions  # the loop's mask is exactly its reflection turns
+            assert trained <= masked
+            if trained:  # an advantage covers the whole reflection, with one value
+                assert trained == masked and len({row["advantages"][i] for i in trained}) == 1
+        assert any(any(row["advantages"]) for row in rows)
+
+
+def test_weights_change_and_the_rollout_server_samples_from_them(parity_run, tiny_model_dir):
+    check_ran(parity_run)
+    trained = load_file(parity_run["dir"] / "checkpoints" / f"global_step_{STEPS}" / "actor" / "huggingface" / "model.safetensors")
+    initial = load_file(tiny_model_dir / "model.safetensors")
+    assert trained.keys() == initial.keys()
+    assert max((trained[name] - initial[name]).abs().max().item() for name in initial) > 1e-3
+    # Rollout log-probs against the actor's own: without a weight sync after step 1 this is ~7e-4 here.
+    for step in parity_run["steps"]:
+        assert step["training/rollout_probs_diff_max"] < 2e-4
+    # Every trajectory of step 2 was generated on the weights synced after step 1.
+    assert {row["weights_version"] for row in trained_rows(parity_run, 2)} == {1}
+
+
+def test_validation_reports_reflect_stats_per_data_source(parity_run):
+    check_ran(parity_run)
+    last = parity_run["steps"][-1]
+    for stat in ("first_try_correct", "final_correct", "reflection_tokens"):
+        assert f"val-aux/toy_tasks.parity/{stat}/mean@1" in last
+
+
+def test_saved_checkpoint_loads_in_eval_compare_model(parity_run, tiny_model_dir, tmp_path):
+    check_ran(parity_run)
+    checkpoint = parity_run["dir"] / "checkpoints" / f"global_step_{STEPS}" / "actor" / "huggingface"
+    proc = subprocess.run(
+        [sys.executable, "-m", "verl_reflect.cli", "eval", "--compare-model", str(checkpoint), "--limit", "2",
+         "--out-dir", str(tmp_path / "eval")],
+        cwd=REPO,
+        env={**os.environ, "VERL_REFLECT_CACHE": str(tiny_model_dir.parent)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tiny-random" in proc.stdout and "huggingface" in proc.stdout  # one table column per model
+    records = [json.loads(line) for line in (tmp_path / "eval" / "trajectories.jsonl").read_text().splitlines()]
+    assert len(records) == 4  # 2 rows x 2 models
+
+
+def test_a_step_with_no_reflection_token_skips_the_update_without_crashing(first_try_run):
+    check_ran(first_try_run)
+    for step in first_try_run["steps"]:
+        assert step["reflect/reflected"] == 0.0 and step["reflect/first_try_correct"] == 1.0
+        assert step["reflect/skipped_update"] == 1.0
+        assert "actor/pg_loss" not in step  # no forward/backward pass was spent
+        assert all(math.isfinite(value) for value in step.values() if isinstance(value, float))
+    for row in trained_rows(first_try_run, 1):
+        assert not any(row["response_mask"]) and not any(row["advantages"])
