@@ -162,7 +162,7 @@ def test_saved_checkpoint_loads_in_eval_compare_model(parity_run, tiny_model_dir
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "tiny-random" in proc.stdout and "huggingface" in proc.stdout  # one table column per model
+    assert proc.stdout.splitlines()[0].split() == ["tiny-random", f"global_step_{STEPS}"]  # one column per model
     records = [json.loads(line) for line in (tmp_path / "eval" / "trajectories.jsonl").read_text().splitlines()]
     assert len(records) == 4  # 2 rows x 2 models
 

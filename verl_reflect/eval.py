@@ -116,10 +116,17 @@ class ModelSpec:
     budget: Budget
 
 
+def checkpoint_label(path: Path) -> str:
+    """A model's column title: its folder name, or ``global_step_N`` for verl's ``.../global_step_N/actor/huggingface``."""
+    if path.name == "huggingface" and path.parent.name == "actor":
+        return path.parents[1].name
+    return path.name
+
+
 def resolve_models(paths: list[str | None], args: argparse.Namespace) -> list[ModelSpec]:
     """Model directories (None = the embedded tiny model) with table labels and budgets; checks paths first."""
     resolved = [None if p is None else check_model_dir(p) for p in paths]
-    labels = [TINY_LABEL if p is None else p.name for p in resolved]
+    labels = [TINY_LABEL if p is None else checkpoint_label(p) for p in resolved]
     if len(set(labels)) < len(labels):  # e.g. two checkpoints both named "huggingface": use whole paths
         labels = [TINY_LABEL if p is None else str(p) for p in resolved]
     if len(set(labels)) < len(labels):
