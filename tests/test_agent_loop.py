@@ -12,12 +12,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from loop_helpers import LOGPROB, ScriptedServer
 from omegaconf import OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopWorker, _agent_loop_registry
 from verl.trainer.config import AlgoConfig
 from verl.trainer.ppo.ray_trainer import compute_advantage
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
-from verl.workers.rollout.replica import TokenOutput
 
 import verl_reflect.register  # noqa: F401
 from verl_reflect.agent_loop import (
@@ -37,39 +37,6 @@ ROW = {
 WRONG = "<answer> 1 + 2 + 3 </answer>"
 RIGHT = "<answer> (1 + 2) * 3 </answer>"
 REFLECTION = "I added everything. I should multiply the sum of 1 and 2 by 3."
-LOGPROB = -0.5
-
-
-class ScriptedServer:
-    """verl's server-manager interface; answers each call with the next scripted text, honouring max_tokens.
-
-    Returns every field verl's ``LLMServerClient.generate`` returns (``workers/rollout/llm_server.py``): the
-    weight version in ``extra_fields`` (``global_steps``, and ``min_global_steps`` / ``max_global_steps`` set
-    from it) and ``num_preempted``. ``weight_versions`` scripts the version per call (a sync mid-trajectory).
-    """
-
-    def __init__(self, tokenizer, replies: list[str], stop: bool = True, weight_versions=None, preempted=None):
-        self.tokenizer = tokenizer
-        self.replies = list(replies)
-        self.stop = stop
-        self.weight_versions = list(weight_versions or [7] * len(replies))
-        self.preempted = list(preempted or [0] * len(replies))
-        self.calls: list[dict] = []
-
-    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs) -> TokenOutput:
-        self.calls.append({"request_id": request_id, "prompt_ids": list(prompt_ids), **sampling_params})
-        ids = self.tokenizer.encode(self.replies.pop(0), add_special_tokens=False)
-        if self.stop:
-            ids.append(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
-        ids = ids[: sampling_params["max_tokens"]]
-        version = self.weight_versions.pop(0)
-        return TokenOutput(
-            token_ids=ids,
-            log_probs=[LOGPROB] * len(ids),
-            stop_reason="completed",
-            num_preempted=self.preempted.pop(0),
-            extra_fields={"global_steps": version, "min_global_steps": version, "max_global_steps": version},
-        )
 
 
 def run_loop(tokenizer, replies, *, response_length=512, stop=True, server=None, **loop_kwargs):

@@ -11,7 +11,9 @@ there with an all-zero mask; the ``reflect_grpo`` estimator gives it zero advant
 
 Tokens are built with verl's continuous-token helpers, so the response is exactly the token stream
 the model saw (generated ids kept as generated, user turns rendered by the chat template), and the
-mask/logprobs stay aligned through every boundary edit the builder makes.
+mask/logprobs stay aligned through every boundary edit the builder makes. Where verl has no builder
+for the model family (``llama``, ``phi3``, ``mistral``, ...), the user turns come from the chat template
+itself (``turn_boundary``), and a template that cannot be followed token for token stops the loop at start.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.profiler import simple_timer
 from verl.utils.rollout_trace import rollout_trace_op
+from verl.utils.tokenizer.continuous_token import ContinuousTokenBuilder, MergeResult
 from verl.workers.rollout.replica import TokenOutput
 
 from reward_fns import get_compute_score
+from verl_reflect.turn_boundary import TemplateTurnBoundary, turn_boundary_for
 
 logger = logging.getLogger(__file__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -88,6 +92,16 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         self.max_attempt_tokens = max_attempt_tokens
         self.max_reflection_tokens = max_reflection_tokens
         self.response_length = self.rollout_config.response_length
+        # verl's default builder (every model_type without a builder of its own) renders user turns out of
+        # context: it drops the template's separator after the end-of-turn token, and fails on templates that
+        # end renders with eos_token or demand alternating roles. There the template's own rendering is used.
+        self.turn_boundary: Optional[TemplateTurnBoundary] = None
+        if type(self.continuous_token_builder) is ContinuousTokenBuilder:
+            self.turn_boundary = turn_boundary_for(
+                self.tokenizer,
+                model_type=kwargs.get("hf_model_type"),
+                chat_template_kwargs=self.apply_chat_template_kwargs,
+            )
 
     @rollout_trace_op
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
@@ -146,9 +160,7 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             response_logprobs=traj.logprobs,
             # MoE router replay: the last turn's experts cover the whole sequence, as in tool_agent_loop.
             routed_experts=(
-                traj.routed_experts[: prompt_length + self.response_length]
-                if traj.routed_experts is not None
-                else None
+                traj.routed_experts[: prompt_length + self.response_length] if traj.routed_experts is not None else None
             ),
             reward_score=float(correct),
             num_turns=len(traj.messages) - len(kwargs["raw_prompt"]) + 1,
@@ -246,13 +258,33 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         """Append a user turn (mask 0) if, after it, at least one response token still fits."""
         previous = list(traj.messages)
         messages = previous + [{"role": "user", "content": content}]
-        merge, mask, logprobs = await self.ct_merge_context_msg(
-            previous, messages, traj.token_ids, traj.mask, traj.logprobs
-        )
+        if self.turn_boundary is None:
+            merge, mask, logprobs = await self.ct_merge_context_msg(
+                previous, messages, traj.token_ids, traj.mask, traj.logprobs
+            )
+        else:
+            merge = await self.loop.run_in_executor(None, self._merge_user_turn_from_template, traj.token_ids, content)
+            mask, logprobs = self.continuous_token_builder.align_response_metadata(merge, traj.mask, traj.logprobs)
         if len(mask) >= self.response_length:
             return False
         traj.token_ids, traj.mask, traj.logprobs, traj.messages = merge.token_ids, mask, logprobs, messages
         return True
+
+    def _merge_user_turn_from_template(self, token_ids: list[int], content: str) -> MergeResult:
+        """Append a user turn as the chat template renders it after the assistant turn that ``token_ids`` ends with.
+
+        A turn the model closed keeps its end-of-turn token as generated; one cut short by its token cap is
+        closed with the template's end-of-turn token (inserted: mask 0, logprob 0), as the template renders it.
+        """
+        boundary = self.turn_boundary
+        closing = [] if token_ids and token_ids[-1] == boundary.end_of_turn_id else [boundary.end_of_turn_id]
+        user_turn_ids = boundary.user_turn_ids(content)
+        return MergeResult(
+            token_ids=list(token_ids) + closing + user_turn_ids,
+            appended_token_count=len(user_turn_ids),
+            kind="context",
+            inserted_token_ids=closing,
+        )
 
 
 def standalone_kwargs(
