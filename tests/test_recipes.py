@@ -24,7 +24,8 @@ from verl_reflect.advantage import compute_reflect_grpo_advantage
 from verl_reflect.agent_loop import ReflectRetryAgentLoop
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith("_"))
+# The GPU recipes; countdown_tiny_cpu is checked by running it (tests/test_trainer.py).
+RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith("_") and p.stem != "countdown_tiny_cpu")
 DATA = ["data.train_files=/data/train.parquet", "data.val_files=/data/test.parquet"]
 
 
@@ -70,6 +71,19 @@ def test_recipe_resolves_estimator_agent_loop_and_reward(name, monkeypatch):
     assert rollout.agent.default_agent_loop == "reflect_retry"
     assert cfg.data.train_files == "/data/train.parquet"
     assert cfg.data.max_response_length == rollout.response_length
+
+    # The trainer the CPU runs exercise (tests/test_trainer.py), and checkpoints `verl-reflect eval` can load.
+    assert cfg.trainer.v1.trainer_mode == "reflect_sync"
+    assert "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
+
+    # Batch arithmetic on the declared GPUs: rows per step split over the world, mini-batches over micro-batches.
+    world_size = cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes
+    rows_per_step = cfg.data.train_batch_size * rollout.n
+    rows_per_mini_batch = cfg.actor_rollout_ref.actor.ppo_mini_batch_size * rollout.n
+    assert cfg.data.train_batch_size % cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 0
+    assert rows_per_step % world_size == 0 and rows_per_mini_batch % world_size == 0
+    assert (rows_per_mini_batch // world_size) % cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 0
+    assert world_size % rollout.tensor_model_parallel_size == 0
 
     # The agent-loop YAML is read and instantiated the way verl's AgentLoopWorker does it.
     monkeypatch.chdir(REPO)
