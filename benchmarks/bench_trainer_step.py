@@ -1,0 +1,109 @@
+"""A CPU training step of verl's real trainer, by phase, and the plugin's own share of it.
+
+Runs ``python -m verl.trainer.main_ppo`` with ``recipes/countdown_tiny_cpu.yaml`` (tiny model, ``hf`` rollout,
+4 prompts x 4 rollouts a step) on a toy task the random model solves about half the time, so reflections
+happen and get advantages. Phases are verl's own ``timing_s/*`` per step (median over the steps after the
+first, which warms up). The plugin's share is what verl-reflect adds to a step: the reflect-retry loop's CPU
+per trajectory (measured in-process on the recipe's turn sizes, instant server) times the step's
+trajectories, plus ``reflect_grpo`` on the step's batch shape.
+
+    python benchmarks/bench_trainer_step.py [--steps 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_agent_loop import InstantServer, cpu_ms_per_trajectory
+
+from verl_reflect import data
+from verl_reflect.advantage import compute_reflect_grpo_advantage
+from verl_reflect.agent_loop import ReflectRetryAgentLoop
+from verl_reflect.tiny import build_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+PHASES = ["gen", "old_log_prob", "ref", "adv", "update_actor", "update_weights"]
+ROWS_PER_STEP, RESPONSE_LENGTH, TURN_TOKENS = 16, 256, 32  # the CPU recipe: 4 x n=4, 256 tokens, 32-token turns
+
+
+def run_trainer(steps: int, workdir: Path) -> list[dict]:
+    for split, size in (("train", 8 * steps), ("test", 4)):
+        rows = [{**row, "data_source": "toy_tasks.parity"} for row in data.countdown_rows(size, seed=1, split=split)]
+        data.write_parquet(rows, workdir / f"{split}.parquet")
+    metrics = workdir / "metrics.jsonl"
+    command = [
+        sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(REPO / "recipes"),
+        "--config-name", "countdown_tiny_cpu", f"data.train_files={workdir / 'train.parquet'}",
+        f"data.val_files={workdir / 'test.parquet'}", f"trainer.total_training_steps={steps}",
+        "trainer.test_freq=-1", "trainer.save_freq=-1", f"trainer.default_local_dir={workdir / 'ckpt'}",
+        "trainer.logger=[console,file]",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "VERL_PLATFORM": "cpu",
+        "VERL_FILE_LOGGER_PATH": str(metrics),
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "fixtures"), os.environ.get("PYTHONPATH", "")]),
+    }
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"main_ppo failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    print(f"main_ppo: {steps} steps in {time.perf_counter() - start:.0f} s wall (Ray and worker start-up included)")
+    return [json.loads(line)["data"] for line in metrics.read_text().splitlines()]
+
+
+def reflect_grpo_ms(repeats: int = 50) -> float:
+    rewards = torch.zeros(ROWS_PER_STEP, RESPONSE_LENGTH)
+    rewards[::2, -1] = 1.0
+    mask = torch.zeros(ROWS_PER_STEP, RESPONSE_LENGTH)
+    mask[:, 100:124] = 1.0
+    index = np.repeat(np.arange(ROWS_PER_STEP // 4), 4)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        compute_reflect_grpo_advantage(rewards, mask, index)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return min(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        steps = run_trainer(args.steps, Path(workdir))[1:]
+    median = {phase: statistics.median(s[f"timing_s/{phase}"] for s in steps) * 1e3 for phase in PHASES + ["step"]}
+
+    tokenizer = build_tokenizer()
+    loop_ms = cpu_ms_per_trajectory(
+        ReflectRetryAgentLoop, tokenizer, InstantServer(tokenizer, TURN_TOKENS), 100, RESPONSE_LENGTH,
+        max_attempt_tokens=TURN_TOKENS, max_reflection_tokens=TURN_TOKENS,
+    )  # fmt: skip
+    grpo_ms = reflect_grpo_ms()
+    plugin_ms = ROWS_PER_STEP * loop_ms + grpo_ms
+
+    print(f"\nCPU training step, median of steps 2..{args.steps} ({ROWS_PER_STEP} trajectories a step)")
+    print(f"{'phase':<34}{'ms':>10}{'share':>9}")
+    for phase in PHASES:
+        print(f"{phase:<34}{median[phase]:>10.1f}{median[phase] / median['step']:>9.1%}")
+    other = median["step"] - sum(median[phase] for phase in PHASES)
+    print(f"{'other (metrics, transfer queue)':<34}{other:>10.1f}{other / median['step']:>9.1%}")
+    print(f"{'step':<34}{median['step']:>10.1f}{1:>9.1%}")
+    print("\nverl-reflect's own work in that step")
+    print(f"{'reflect_retry loop CPU':<34}{ROWS_PER_STEP * loop_ms:>10.1f}   ({loop_ms:.2f} ms x {ROWS_PER_STEP})")
+    print(f"{'reflect_grpo':<34}{grpo_ms:>10.2f}")
+    print(f"{'plugin total':<34}{plugin_ms:>10.1f}{plugin_ms / median['step']:>9.1%}")
+
+
+if __name__ == "__main__":
+    main()
