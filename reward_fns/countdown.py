@@ -1,7 +1,8 @@
 """Countdown ("math equation writing"): reach the target with the given numbers.
 
 Ground truth: ``{"target": int, "numbers": [int, ...]}``, as a JSON string or a parsed
-object (``numbers`` may be a list, tuple or numpy array).
+object (``numbers`` may be a list, tuple or numpy array). A malformed one raises
+``ValueError`` naming the field, never another exception.
 
 A completion is correct iff the content of its last ``<answer>...</answer>`` block is an
 arithmetic expression that
@@ -32,7 +33,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
-from reward_fns import extract_answer
+from reward_fns import extract_answer, preview
 
 MAX_ANSWER_CHARS = 1_000
 MAX_NUMBERS = 32
@@ -142,30 +143,35 @@ def compute_score(
 
 
 def parse_ground_truth(ground_truth: Any) -> tuple[int, Counter[int]]:
-    """Validate a ground truth and return ``(target, Counter(numbers))``.
+    """Validate a ground truth and return ``(target, Counter(numbers))``; ValueError if malformed.
 
     >>> parse_ground_truth('{"target": 9, "numbers": [3, 3]}')
     (9, Counter({3: 2}))
+    >>> parse_ground_truth('{"target": 9, "numbers": [[[3]]]}')
+    Traceback (most recent call last):
+    ValueError: countdown ground_truth: 'numbers' item must be an int, got [[3]]
     """
     if isinstance(ground_truth, (str, bytes)):
         try:
             ground_truth = json.loads(ground_truth)
+        except RecursionError:
+            raise ValueError("countdown ground_truth: not valid JSON (nested too deeply)") from None
         except ValueError as e:
             raise ValueError(f"countdown ground_truth: not valid JSON ({e})") from None
     if not isinstance(ground_truth, Mapping):
         raise ValueError(
-            f"countdown ground_truth: must be a dict with 'target' and 'numbers', got {ground_truth!r:.200}"
+            f"countdown ground_truth: must be a dict with 'target' and 'numbers', got {preview(ground_truth)}"
         )
     if "target" not in ground_truth or "numbers" not in ground_truth:
-        raise ValueError(f"countdown ground_truth: missing 'target' or 'numbers' in {ground_truth!r:.200}")
+        raise ValueError(f"countdown ground_truth: missing 'target' or 'numbers' in {preview(ground_truth)}")
     target = _as_int(ground_truth["target"], "'target'")
     raw_numbers = ground_truth["numbers"]
     if isinstance(raw_numbers, (str, bytes, Mapping)) or not hasattr(raw_numbers, "__iter__"):
-        raise ValueError(f"countdown ground_truth: 'numbers' must be a list of ints, got {raw_numbers!r:.200}")
+        raise ValueError(f"countdown ground_truth: 'numbers' must be a list of ints, got {preview(raw_numbers)}")
     numbers = [_as_int(n, "'numbers' item") for n in raw_numbers]
     if not 1 <= len(numbers) <= MAX_NUMBERS or min(numbers) < 0:
         raise ValueError(
-            f"countdown ground_truth: 'numbers' must hold 1 to {MAX_NUMBERS} non-negative ints, got {numbers!r:.200}"
+            f"countdown ground_truth: 'numbers' must hold 1 to {MAX_NUMBERS} non-negative ints, got {preview(numbers)}"
         )
     return target, Counter(numbers)
 
@@ -177,4 +183,4 @@ def _as_int(value: Any, field: str) -> int:
             raise TypeError
         return operator.index(value)
     except TypeError:
-        raise ValueError(f"countdown ground_truth: {field} must be an int, got {value!r:.200}") from None
+        raise ValueError(f"countdown ground_truth: {field} must be an int, got {preview(value)}") from None

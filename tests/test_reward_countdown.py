@@ -254,6 +254,56 @@ def test_malformed_ground_truth_raises(gt, field):
     assert field in str(info.value)
 
 
+def nested_list(depth: int, inner=9) -> list:
+    value = inner
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "gt, field",
+    [
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+        ('{"target": 9, "numbers": ' + "[" * 100_000 + "]" * 100_000 + "}", "not valid JSON"),
+        (nested_list(100_000), "must be a dict"),
+        ({"target": nested_list(100_000), "numbers": [9]}, "'target' must be an int"),
+        ({"target": 9, "numbers": nested_list(100_000)}, "'numbers' item must be an int"),
+        ({"target": 9, "numbers": [nested_list(100_000)]}, "'numbers' item must be an int"),
+        ({"target": 9, "numbers": [10**5000, -1]}, "'numbers' must hold"),
+        ({"target": 9, "numbers": [1, 2] * 10_000}, "'numbers' must hold"),
+        ({"target": 9.5, "numbers": [10**5000]}, "'target' must be an int, got 9.5"),
+        ({"target": 9, "numbers": [1.5, 10**5000]}, "'numbers' item must be an int"),
+        ({"target": 10**5000}, "'numbers'"),
+    ],
+    ids=[
+        "deep JSON",
+        "deep JSON numbers",
+        "deep list",
+        "deep target",
+        "deep numbers",
+        "deep number",
+        "huge and negative numbers",
+        "too many numbers",
+        "float target",
+        "float and huge numbers",
+        "huge target, no numbers",
+    ],
+)
+def test_deep_or_huge_malformed_ground_truth_raises_the_documented_error(gt, field):
+    # A plain repr() in the message would raise RecursionError or ValueError (int too long to print).
+    with pytest.raises(ValueError, match="^countdown ground_truth: ") as info:
+        compute_score("countdown", "<answer>9</answer>", gt)
+    assert field in str(info.value) and len(str(info.value)) < 400
+
+
+def test_huge_numbers_in_a_valid_ground_truth_are_fine():
+    huge = 10**5000
+    assert score("9", {"target": 9, "numbers": [9]}) == 1.0
+    assert score("9 - 0", {"target": 9, "numbers": [9, huge]}) == 0.0
+    assert score("9", {"target": huge, "numbers": [9]}) == 0.0
+
+
 def test_malformed_ground_truth_raises_even_for_garbage_output():
     with pytest.raises(ValueError):
         compute_score("countdown", None, {"target": "x", "numbers": [1]})
