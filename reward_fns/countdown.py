@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import json
 import operator
+import re
 from collections import Counter
 from collections.abc import Mapping
 from fractions import Fraction
@@ -45,6 +46,7 @@ MAX_BITS = 1_024
 _ALLOWED_CHARS = frozenset("0123456789+-*/() ")
 _ALLOWED_NODES = (ast.Expression, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Constant)
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_STATED_TARGET = re.compile(r"0|-?[1-9][0-9]*")
 
 
 def parse_expression(expr: str) -> ast.expr | None:
@@ -107,6 +109,18 @@ def _evaluate(node: ast.expr) -> Fraction:
     return value
 
 
+def states_target(text: str, target: int) -> bool:
+    """Whether ``text`` is ``target`` written as a plain integer (surrounding whitespace aside).
+
+    Compares ints, never ``str(target)``: a huge target must not make model output raise.
+
+    >>> states_target(" -4 ", -4), states_target("04", 4), states_target("4.0", 4), states_target("-0", 0)
+    (True, False, False, False)
+    """
+    text = text.strip()
+    return len(text) <= MAX_ANSWER_CHARS and _STATED_TARGET.fullmatch(text) is not None and int(text) == target
+
+
 def compute_score(
     data_source: str,
     solution_str: str,
@@ -133,7 +147,7 @@ def compute_score(
     if answer is None or len(answer) > MAX_ANSWER_CHARS:
         return 0.0
     expr, sep, stated = answer.partition("=")
-    if sep and stated.strip() != str(target):
+    if sep and not states_target(stated, target):
         return 0.0
     node = parse_expression(expr)
     # Checking the numbers before evaluating bounds evaluation to len(numbers) operands.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 import re
 import time
 from fractions import Fraction
@@ -90,6 +91,22 @@ def test_equals_suffix_must_state_the_target(answer):
 
 def test_equals_suffix_does_not_rescue_a_wrong_expression():
     assert score("1 + 2 + 3 = 9") == 0.0
+
+
+@pytest.mark.parametrize(
+    "suffix", ["", " = 3", " = " + "9" * 990, " = -" + "1" * 990], ids=["none", "3", "long", "-long"]
+)
+def test_a_target_too_long_for_str_never_makes_the_answer_raise(suffix):
+    # str() of an int over 4,300 digits raises ValueError; the stated target is compared as an int.
+    gt = {"target": 10**5000, "numbers": [1, 2]}
+    assert score("1 + 2" + suffix, gt) == 0.0
+
+
+def test_equals_suffix_is_compared_as_an_integer():
+    assert score("(1 + 2) * 3 =\n9\n") == 1.0
+    assert score("0 * 9 = 0", {"target": 0, "numbers": [0, 9]}) == 1.0
+    assert score("0 * 9 = -0", {"target": 0, "numbers": [0, 9]}) == 0.0
+    assert score("0 * 9 = +0", {"target": 0, "numbers": [0, 9]}) == 0.0
 
 
 # --- which answer counts -----------------------------------------------------------------
@@ -486,3 +503,52 @@ def test_property_arithmetic_like_text_never_raises(text):
     assert result in (0.0, 1.0)
     if result == 1.0:  # then it uses exactly the numbers 1, 2, 3
         assert sorted(re.findall(r"\d+", text.partition("=")[0])) == ["1", "2", "3"]
+
+
+# --- property tests: any ground truth, any answer -------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
+huge_ints = st.integers(0, 40_000).map(lambda bits: 2**bits - 1)  # 40,000 bits: over 4,300 digits
+deep = st.tuples(st.integers(0, 20_000), json_values).map(lambda d: nested_list(*d))
+countdown_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "target": json_values | huge_ints | huge_ints.map(operator.neg) | deep,
+        "numbers": st.lists(st.integers(0, 100) | huge_ints | json_values, max_size=40) | deep | json_values,
+    },
+)
+ground_truths = countdown_like | json_values | deep | st.integers(0, 20_000).map(lambda n: "[" * n + "]" * n)
+answers = st.text(alphabet="0123456789+-*/() =.\n", max_size=60) | st.text(max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ground_truths, st.booleans(), answers)
+def test_property_any_ground_truth_raises_only_the_documented_error(gt, as_json, answer):
+    if as_json:
+        try:
+            gt = json.dumps(gt)
+        except (ValueError, RecursionError):  # NaN is fine for json.dumps; huge ints and deep lists are not
+            pass
+    try:
+        countdown.parse_ground_truth(gt)
+    except ValueError as e:
+        assert str(e).startswith("countdown ground_truth: ") and len(str(e)) < 400
+        with pytest.raises(ValueError, match="^countdown ground_truth: "):
+            compute_score("countdown", f"<answer>{answer}</answer>", gt)
+        return
+    for solution in (f"<answer>{answer}</answer>", answer, f"<answer>{answer} = {answer}</answer>"):
+        assert compute_score("countdown", solution, gt) in (0.0, 1.0)
+
+
+@PROPERTY
+@given(st.lists(st.integers(0, 10**6) | huge_ints, min_size=1, max_size=8), st.integers() | huge_ints, st.data())
+def test_property_answers_built_from_the_numbers_never_raise(numbers, target, data):
+    # Tokens drawn from the ground truth's own numbers get past the number check into evaluation.
+    pieces = [str(n) for n in numbers if n.bit_length() < 4_000] + list("+-*/()") + [" ", " = ", "0"]
+    answer = "".join(data.draw(st.lists(st.sampled_from(pieces), max_size=40)))
+    gt = {"target": target, "numbers": numbers}
+    assert compute_score("countdown", f"<answer>{answer}</answer>", gt) in (0.0, 1.0)
