@@ -55,6 +55,73 @@ def test_fractional_and_negative_intermediates():
     assert score("1 - 2 - 3 = -4", {"target": -4, "numbers": [1, 2, 3]}) == 1.0
 
 
+# --- unary minus ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer, target, numbers",
+    [
+        ("-1 + 64 * 7", 447, [1, 64, 7]),  # as TinyZero's and reasoning-gym's scorers accept
+        ("- 1 + 64 * 7", 447, [1, 64, 7]),
+        ("-(1 - 7) / 2 + 6", 9, [1, 7, 2, 6]),
+        ("64 * -7 + 1", -447, [64, 7, 1]),
+        ("1 - -2", 3, [1, 2]),
+        ("1--2", 3, [1, 2]),
+        ("-(-3) * 3", 9, [3, 3]),
+        ("(-3) * (-3)", 9, [3, 3]),
+        ("-3 * -3 = 9", 9, [3, 3]),
+        ("-1 - 2 = -3", -3, [1, 2]),
+        ("-0 + 9", 9, [0, 9]),
+    ],
+)
+def test_unary_minus_on_a_number_or_a_group(answer, target, numbers):
+    assert score(answer, {"target": target, "numbers": numbers}) == 1.0
+
+
+def test_unary_minus_binds_like_arithmetic():
+    # -2 * 3 and -(2 * 3) agree, but -(2 - 3) and -2 - 3 do not.
+    assert score("-(2 - 3) * 4", {"target": 4, "numbers": [2, 3, 4]}) == 1.0
+    assert score("-2 - 3 * 4", {"target": 4, "numbers": [2, 3, 4]}) == 0.0
+    assert score("-2 - 3 * 4", {"target": -14, "numbers": [2, 3, 4]}) == 1.0
+    assert score("2 - -3 - 4", {"target": 1, "numbers": [2, 3, 4]}) == 1.0
+
+
+def test_unary_minus_does_not_change_the_numbers_used():
+    # The numbers are non-negative; "-1" uses the number 1, once.
+    assert score("-1 + 2 * 3 + 4", {"target": 9, "numbers": [1, 2, 3, 4]}) == 1.0
+    assert score("-1 + 2 * 3 + 4", {"target": 9, "numbers": [1, 2, 3]}) == 0.0
+    assert score("-1 + 1 + 9", {"target": 9, "numbers": [1, 9]}) == 0.0
+
+
+def test_near_misses_the_reference_scorers_accept_are_rejected():
+    # Float scorers accept values within a tolerance and literals such as 8.4 built from 8 and 4.
+    assert score("8.4 * 5", {"target": 42, "numbers": [8, 4, 5]}) == 0.0
+    assert score("1 / 3 * 3 + 1 / 100000000000000", {"target": 1, "numbers": [1, 3, 3, 1, 100000000000000]}) == 0.0
+    assert score("2 ** 3 + 1", {"target": 9, "numbers": [2, 3, 1]}) == 0.0
+    assert score("19 // 2", {"target": 9, "numbers": [19, 2]}) == 0.0
+
+
+# --- parenthesis depth ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [1, 200, 201, 400, 495, 496, 499, 500])
+def test_nesting_is_limited_only_by_the_answer_length(depth):
+    # CPython's parser stops at 200 levels; this parser only at MAX_ANSWER_CHARS.
+    for answer, gt in [
+        ("(" * depth + "9" + ")" * depth, {"target": 9, "numbers": [9]}),
+        ("-" + "(" * depth + "9" + ")" * depth, {"target": -9, "numbers": [9]}),
+        ("(" * depth + "1 + 2" + ")" * depth + " * 3", GT),
+    ]:
+        assert score(answer, gt) == (1.0 if len(answer) <= countdown.MAX_ANSWER_CHARS else 0.0), len(answer)
+
+
+def test_unbalanced_parentheses_are_rejected_at_any_depth():
+    for depth in (1, 250):
+        assert countdown.parse_expression("(" * depth + "9" + ")" * (depth - 1)) is None
+        assert countdown.parse_expression("(" * (depth - 1) + "9" + ")" * depth) is None
+        assert countdown.parse_expression(")" * depth + "9" + "(" * depth) is None
+
+
 def test_precedence_and_associativity_follow_arithmetic():
     assert score("1 + 2 * 3") == 0.0  # 7, not 9
     assert score("8 - 4 - 2", {"target": 2, "numbers": [8, 4, 2]}) == 1.0
@@ -142,9 +209,14 @@ def test_missing_answer(text):
 @pytest.mark.parametrize(
     "answer, numbers",
     [
-        ("-1 + 2 * 3 + 4", [1, 2, 3, 4]),
         ("+1 + 2 * 3 + 4 - 2", [1, 2, 3, 4, 2]),
         ("--9", [9]),
+        ("- -9", [9]),
+        ("-(-(--9))", [9]),
+        ("-+9", [9]),
+        ("+-9 * -1", [9, 1]),
+        ("-1 * -9 -", [1, 9]),
+        ("9 -", [9]),
         ("(1 + 2) ** 2", [1, 2, 2]),
         ("3 // 1 * 3", [3, 1, 3]),
         ("(1 + 2) * 3 % 10", [1, 2, 3, 10]),
@@ -339,12 +411,15 @@ HOSTILE = {
     "many opening tags, one close": "<answer>" * 500_000 + "</answer>",
     "many closing tags": "</answer>" * 500_000,
     "megabytes of parentheses": "<answer>" + "(" * 1_000_000 + "1" + ")" * 1_000_000 + "</answer>",
-    "too deep for Python's parser": "<answer>" + "(" * 400 + "1 + 2" + ")" * 400 + " * 3</answer>",
+    "deep and wrong": "<answer>" + "(" * 400 + "1 + 2" + ")" * 400 + " + 3</answer>",
+    "deep and unbalanced": "<answer>" + "(" * 490 + "(1 + 2) * 3" + ")" * 489 + "</answer>",
     "long unary chain": "<answer>" + "-" * 990 + "1</answer>",
     "long sum": "<answer>" + "1+" * 499 + "1</answer>",
     "999-digit literal": "<answer>" + "9" * 999 + "</answer>",
     "literal over int-to-str limit": "<answer>" + "9" * 5000 + "</answer>",
     "huge product": "<answer>" + "9" * 300 + "*" + "9" * 300 + "</answer>",
+    "huge quotients": "<answer>" + "/".join(["(1+2)*3"] + ["9" * 60] * 15) + "</answer>",
+    "alternating signs": "<answer>" + "1--" * 333 + "1</answer>",
     "nested pairs": "<answer>" + "((" * 100 + "1" + "))" * 100 + "</answer>",
     "correct but padded past the cap": "<answer>(1+2)*3" + " " * 2_000_000 + "</answer>",
     "megabytes of text": "x" * 5_000_000,
@@ -503,6 +578,66 @@ def test_property_arithmetic_like_text_never_raises(text):
     assert result in (0.0, 1.0)
     if result == 1.0:  # then it uses exactly the numbers 1, 2, 3
         assert sorted(re.findall(r"\d+", text.partition("=")[0])) == ["1", "2", "3"]
+
+
+# Negation nodes are ("neg", child). The helpers above (paths, mutations) stay on unsigned trees.
+
+
+def signed_value(tree) -> Fraction | None:
+    if isinstance(tree, tuple) and tree[0] == "neg":
+        inner = signed_value(tree[1])
+        return None if inner is None else -inner
+    if isinstance(tree, int):
+        return Fraction(tree)
+    op, a, b = tree
+    x, y = signed_value(a), signed_value(b)
+    if x is None or y is None or (op == "/" and y == 0):
+        return None
+    return {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else None}[op]
+
+
+def signed_render(tree) -> str:
+    if isinstance(tree, int):
+        return str(tree)
+    if tree[0] == "neg":
+        inner = tree[1]
+        # "-5" and "-(1 + 2)" are the accepted spellings; a negated negation needs parentheses.
+        if isinstance(inner, tuple) and inner[0] == "neg":
+            return f"-({signed_render(inner)})"
+        return "-" + signed_render(inner)
+    op, a, b = tree
+    return f"({signed_render(a)} {op} {signed_render(b)})"
+
+
+def signed_leaves(tree) -> list[int]:
+    if isinstance(tree, int):
+        return [tree]
+    return [n for child in tree[1:] for n in signed_leaves(child)]
+
+
+def negate_some(tree, flags):
+    """Wrap nodes in ("neg", node) where the next flag says so."""
+    if not isinstance(tree, int):
+        tree = (tree[0], negate_some(tree[1], flags), negate_some(tree[2], flags))
+    for _ in range(next(flags, 0)):
+        tree = ("neg", tree)
+    return tree
+
+
+@PROPERTY
+@given(trees(), st.lists(st.integers(0, 2), min_size=9, max_size=9), st.booleans())
+def test_property_signed_expressions_score_by_their_value(tree, flags, with_suffix):
+    signed = negate_some(tree, iter(flags))
+    target = signed_value(signed)
+    if target is None or target.denominator != 1:
+        return
+    gt = {"target": int(target), "numbers": signed_leaves(signed)}
+    answer = signed_render(signed) + (f" = {int(target)}" if with_suffix else "")
+    assert score(answer, gt) == 1.0, answer
+    assert score(answer, {**gt, "target": int(target) + 1}) == 0.0, answer
+    # A doubled sign is rejected even where it would not change the value. Binary "-" is rendered " - ".
+    if re.search(r"-(?=[0-9(])", answer):
+        assert score(re.sub(r"-(?=[0-9(])", "--", answer, count=1), gt) == 0.0, answer
 
 
 # --- property tests: any ground truth, any answer -------------------------------------------------
