@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -317,10 +316,9 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("solution", HOSTILE.values(), ids=HOSTILE.keys())
-def test_huge_garbage_and_nested_inputs_score_zero_quickly(solution):
-    start = time.perf_counter()
+def test_huge_garbage_and_nested_inputs_score_zero(solution):
+    # How long these take is measured by benchmarks/bench_verifiers.py, not asserted here.
     assert score(solution) == 0.0
-    assert time.perf_counter() - start < 2.0
 
 
 def test_size_cap():
