@@ -22,9 +22,10 @@ import functools
 import importlib
 import keyword
 import pkgutil
+import reprlib
 from typing import Any, Callable
 
-__all__ = ["available_data_sources", "compute_score", "extract_answer", "get_compute_score"]
+__all__ = ["available_data_sources", "compute_score", "extract_answer", "get_compute_score", "preview"]
 
 _OPEN, _CLOSE = "<answer>", "</answer>"
 
@@ -51,6 +52,37 @@ def extract_answer(text: str) -> str | None:
     if start < 0:
         return None
     return text[start + len(_OPEN) : end]
+
+
+class _Preview(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:  # more digits than sys.get_int_max_str_digits() allows
+            return f"<{x.bit_length()}-bit int>"
+
+
+_PREVIEW = _Preview()
+_PREVIEW.maxlevel, _PREVIEW.maxlist, _PREVIEW.maxdict, _PREVIEW.maxstring, _PREVIEW.maxother = 4, 8, 8, 60, 60
+
+
+def preview(value: object, limit: int = 200) -> str:
+    """A short repr of ``value`` for an error message about a malformed ground truth.
+
+    Bounded in depth, length and time, and never raises: a plain ``repr`` recurses without
+    limit on deep nesting and raises on huge ints, so the error about a bad ground truth
+    would itself fail.
+
+    >>> preview([[[[[[1]]]]]])
+    '[[[[[...]]]]]'
+    >>> preview(10**5000)
+    '<16610-bit int>'
+    """
+    try:
+        text = _PREVIEW.repr(value)
+    except Exception:  # an object's own __repr__ may do anything; the message must still be built
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def available_data_sources() -> list[str]:

@@ -33,7 +33,7 @@ import math
 from collections import Counter
 from typing import Any, Hashable
 
-from reward_fns import extract_answer
+from reward_fns import extract_answer, preview
 
 MAX_ANSWER_CHARS = 100_000
 MAX_DEPTH = 32
@@ -182,7 +182,7 @@ def _last_json_span(text: str) -> str | None:
 
 
 def parse_ground_truth(ground_truth: Any) -> Counter[Call]:
-    """Validate the expected calls and return them as a multiset.
+    """Validate the expected calls and return them as a multiset; ValueError if malformed.
 
     >>> sum(parse_ground_truth('[{"name": "f", "arguments": {}}, {"name": "f", "arguments": {}}]').values())
     2
@@ -190,16 +190,18 @@ def parse_ground_truth(ground_truth: Any) -> Counter[Call]:
     if isinstance(ground_truth, (str, bytes)):
         try:
             ground_truth = json.loads(ground_truth)
+        except RecursionError:
+            raise ValueError("function_calling ground_truth: not valid JSON (nested too deeply)") from None
         except ValueError as e:
             raise ValueError(f"function_calling ground_truth: not valid JSON ({e})") from None
     if not isinstance(ground_truth, (list, tuple)):
-        raise ValueError(f"function_calling ground_truth: must be a list of calls, got {ground_truth!r:.200}")
+        raise ValueError(f"function_calling ground_truth: must be a list of calls, got {preview(ground_truth)}")
     calls = []
     for i, call in enumerate(ground_truth):
         try:
             calls.append(canonical_call(call))
         except (ValueError, RecursionError) as e:
-            raise ValueError(f"function_calling ground_truth: call {i}: {e}, got {call!r:.200}") from None
+            raise ValueError(f"function_calling ground_truth: call {i}: {e}, got {preview(call)}") from None
     return Counter(calls)
 
 

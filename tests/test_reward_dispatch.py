@@ -170,6 +170,45 @@ def test_extract_answer_is_linear():
     assert time.perf_counter() - start < 1.0
 
 
+# --- preview (error messages about ground truths) --------------------------------------------------
+
+
+class _BadRepr:
+    def __repr__(self):
+        raise RuntimeError("broken __repr__")
+
+
+def _deep(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (_deep(100_000), "[[[[[...]]]]]"),
+        ({"a": _deep(100_000)}, "{'a': [[[[...]]]]}"),
+        (10**5000, "<16610-bit int>"),
+        ([1, 10**5000], "[1, <16610-bit int>]"),
+        ("x" * 10_000, "'xxxxxxxxxxxxxxxxxxxxxxxxxxx...xxxxxxxxxxxxxxxxxxxxxxxxxxxx'"),
+    ],
+    ids=["deep list", "deep dict", "huge int", "huge int in a list", "long str"],
+)
+def test_preview_is_short_and_never_raises(value, expected):
+    assert reward_fns.preview(value) == expected
+
+
+def test_preview_survives_a_broken_repr():
+    assert reward_fns.preview(_BadRepr()).startswith("<_BadRepr")
+    assert reward_fns.preview([_BadRepr()]).startswith("[<_BadRepr")
+
+
+def test_preview_caps_the_length():
+    assert len(reward_fns.preview([list(range(100))] * 100, limit=50)) == 50
+
+
 # --- packaging --------------------------------------------------------------------------------------
 
 

@@ -43,7 +43,7 @@ COUNTDOWN_SYSTEM = (
 )
 COUNTDOWN_USER = (
     "Using the numbers {numbers}, create an equation that equals {target}. "
-    "You can use basic arithmetic operations (+, -, *, /) and parentheses, "
+    "You can use basic arithmetic operations (+, -, *, / and unary minus) and parentheses, "
     "and each number must be used exactly once. "
     "Show your work in <think> </think> tags. "
     "And return the final equation in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>."
