@@ -189,3 +189,61 @@ def test_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir, monkeypatch, cap
         assert _tokenizer(tiny_model_dir).decode(attempt["token_ids"], skip_special_tokens=True) == attempt["text"]
         assert attempt["model"] == str(tiny_model_dir) and attempt["sampling"]["max_attempt_tokens"] == 4
 
+
+def test_a_built_failure_set_replays_through_verls_dataset(tmp_path, tiny_model_dir, monkeypatch):
+    """build-failures -> verl's RLHFDataset -> the kwargs verl's AgentLoopWorker passes ``run`` -> replay."""
+    import datasets
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+    from tensordict.tensorclass import NonTensorStack
+    from verl.utils import tensordict_utils as tu
+    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+
+    from verl_reflect.agent_loop import ReflectRetryAgentLoop, standalone_kwargs
+    from verl_reflect.backend import HFBackend
+
+    monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    out = tmp_path / "failures.parquet"
+    argv = ["build-failures", "--limit", "2", "--k", "3", "--keep-attempts", "2", "--max-attempt-tokens", "4"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    written = data.read_rows(out)
+
+    config = {"prompt_key": "prompt", "max_prompt_length": 4096, "return_raw_chat": True}
+    config.update(filter_overlong_prompts=True, filter_overlong_prompts_workers=1, cache_dir=str(tmp_path / "verl"))
+    tokenizer = _tokenizer(tiny_model_dir)
+    dataset = RLHFDataset(data_files=[str(out)], tokenizer=tokenizer, config=OmegaConf.create(config))
+    batch = collate_fn([dataset[i] for i in range(len(dataset))])
+
+    # Legacy trainer: every non-tensor column reaches the worker, which passes row i's values as run's kwargs
+    # (AgentLoopWorker.generate_sequences); agent_name is taken off by _run_agent_loop to pick the loop.
+    legacy = [{k: v[i] for k, v in batch.items() if not isinstance(v, torch.Tensor)} for i in range(len(dataset))]
+    # v1 trainer: the batch goes through a TensorDict and is unpacked per sample (AgentLoopWorkerTQ).
+    batch["uid"] = np.array(["u0", "u1"], dtype=object)
+    packed = tu.get_tensordict(batch)
+    v1 = [
+        {k: v[i].data if isinstance(v, NonTensorStack) else v.data for k, v in packed.items() if not torch.is_tensor(v)}
+        for i in range(len(dataset))
+    ]
+    for kwargs in legacy + v1:
+        assert kwargs["agent_name"] == data.FAILURES_AGENT_NAME
+        assert kwargs[data.FAILED_ATTEMPTS] == written[kwargs["index"]][data.FAILED_ATTEMPTS]
+        assert len(kwargs[data.FAILED_ATTEMPTS]) == 2
+
+    backend = HFBackend(tiny_model_dir, device="cpu")
+    verl_kwargs = standalone_kwargs(tokenizer, prompt_length=512, response_length=64, hf_model_type="qwen2")
+
+    async def replay(kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k != "agent_name"}
+        loop = ReflectRetryAgentLoop(
+            server_manager=backend, **verl_kwargs, attempt="replay", max_attempt_tokens=4, max_reflection_tokens=8
+        )
+        return await loop.run({"temperature": 1.0, "logprobs": True}, **kwargs)
+
+    for kwargs in legacy:
+        out_row = asyncio.run(replay(kwargs))
+        stored = kwargs[data.FAILED_ATTEMPTS][0]["token_ids"]
+        assert out_row.response_ids[: len(stored)] == stored  # the first stored attempt, as generated
+        assert out_row.extra_fields["replayed_attempt"] is True and out_row.extra_fields["num_reflections"] == 1
+        assert sum(out_row.response_mask) > 0 and out_row.response_mask[: len(stored)] == [0] * len(stored)
