@@ -81,7 +81,8 @@ def add_run_args(parser: argparse.ArgumentParser, *, temperature: float) -> None
     )
 
 
-# The ReflectRetryAgentLoop kwargs a recipe's agent-loop YAML sets and the command line can override.
+# The ReflectRetryAgentLoop kwargs a recipe's agent-loop YAML sets and the command line can override. Not
+# ``attempt``: eval and build-failures measure first tries, so they always generate them.
 LOOP_SETTINGS = ("reflection_prompt", "retry_prompt", "max_reflections", "max_attempt_tokens", "max_reflection_tokens")
 
 
