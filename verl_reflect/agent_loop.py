@@ -119,7 +119,8 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         stored_attempt = self._stored_attempt(kwargs) if self.attempt == "replay" else None
         if stored_attempt is not None:
             # The stored ids answer the first generate call in place of the server, so the replayed attempt
-            # takes the generated attempt's exact path: cap, merge, mask 0, turn record and verdict.
+            # takes the generated attempt's exact path: cap, merge, mask 0, turn record and verdict. (verl builds
+            # one loop instance per trajectory, so the swap lasts exactly this trajectory.)
             self.server_manager = _StoredAttemptServer(self.server_manager, stored_attempt["token_ids"])
 
         traj = _Trajectory(token_ids=await self.ct_build_initial_tokens(messages), messages=messages)
