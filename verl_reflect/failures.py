@@ -66,7 +66,7 @@ def sample_attempts(
         async for index, sample, attempt in as_completed_limited(
             jobs, concurrency=concurrency, desc=f"{k} attempts/prompt"
         ):
-            # Stored by sample number, not finishing order: which attempt comes first stays reproducible.
+            # Stored by sample number, not finishing order: "the first stored attempt" is the first one sampled.
             attempts[index][sample] = attempt
 
     asyncio.run(run_all())
