@@ -39,7 +39,7 @@ RIGHT = "<answer> (1 + 2) * 3 </answer>"
 REFLECTION = "I added everything. I should multiply the sum of 1 and 2 by 3."
 
 
-def run_loop(tokenizer, replies, *, response_length=512, stop=True, server=None, **loop_kwargs):
+def run_loop(tokenizer, replies, *, response_length=512, stop=True, server=None, row=ROW, **loop_kwargs):
     server = server or ScriptedServer(tokenizer, replies, stop=stop)
     verl_kwargs = standalone_kwargs(
         tokenizer, prompt_length=256, response_length=response_length, hf_model_type="qwen2"
@@ -48,7 +48,7 @@ def run_loop(tokenizer, replies, *, response_length=512, stop=True, server=None,
     async def main():
         # AgentLoopBase captures the running event loop: build it inside one.
         loop = ReflectRetryAgentLoop(server_manager=server, **verl_kwargs, **loop_kwargs)
-        return await loop.run({"temperature": 1.0, "logprobs": True}, **ROW)
+        return await loop.run({"temperature": 1.0, "logprobs": True}, **row)
 
     return asyncio.run(main()), server
 
@@ -113,6 +113,7 @@ def test_first_try_success_stops_with_an_all_zero_mask(tiny_tokenizer):
         "final_correct": 1.0,
         "num_reflections": 0.0,
         "reflection_tokens": 0.0,
+        "replayed_attempt": 0.0,
     }
     check_aligned(out)
 
@@ -326,3 +327,168 @@ def test_outputs_pack_for_verl_v1_transfer_queue(tiny_tokenizer):
     assert [f["reward_extra_info"]["final_correct"] for f in extra_fields] == [1.0, 1.0]
     assert [f["reward_extra_info"]["first_try_correct"] for f in extra_fields] == [1.0, 0.0]
     assert [turn["kind"] for turn in extra_fields[1]["turns"]] == ["attempt", "reflection", "retry"]
+
+
+# -----------------------------------------------------------------------------
+# attempt: replay — the row's stored failed attempt stands in for the first attempt.
+
+
+def generated_ids(tokenizer, text: str) -> list[int]:
+    """What ScriptedServer returns for ``text``: its ids and the end-of-turn token."""
+    return tokenizer.encode(text, add_special_tokens=False) + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+
+def stored(tokenizer, token_ids: list[int]) -> dict:
+    """One ``failed_attempts`` entry as build-failures writes it."""
+    sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "max_attempt_tokens": 64}
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    return {"token_ids": token_ids, "text": text, "model": "/models/m", "sampling": sampling}
+
+
+def replay_row(*attempts: dict) -> dict:
+    return {**ROW, "failed_attempts": list(attempts)}
+
+
+def test_replay_stream_equals_the_generated_one_for_the_same_ids(tiny_tokenizer):
+    generated, _ = run_loop(tiny_tokenizer, [WRONG, REFLECTION, RIGHT])
+    attempt_ids = generated_ids(tiny_tokenizer, WRONG)
+    replayed, server = run_loop(
+        tiny_tokenizer, [REFLECTION, RIGHT], row=replay_row(stored(tiny_tokenizer, attempt_ids)), attempt="replay"
+    )
+
+    # Only the reflection and the retry reach the server, each on the exact rendered context.
+    assert [call["prompt_ids"] for call in server.calls] == [
+        render(tiny_tokenizer, conversation(WRONG) + [{"role": "user", "content": DEFAULT_REFLECTION_PROMPT}], True),
+        render(
+            tiny_tokenizer, conversation(WRONG, REFLECTION) + [{"role": "user", "content": DEFAULT_RETRY_PROMPT}], True
+        ),
+    ]
+    # The same stream and mask as if the server had generated those ids: reflection trained, nothing else.
+    assert replayed.prompt_ids == generated.prompt_ids
+    assert replayed.response_ids == generated.response_ids
+    assert (
+        replayed.prompt_ids + replayed.response_ids
+        == render(tiny_tokenizer, conversation(WRONG, REFLECTION, RIGHT))[:-1]
+    )
+    assert replayed.response_ids[: len(attempt_ids)] == attempt_ids
+    start, length = reflection_span(tiny_tokenizer, WRONG), n_tokens(tiny_tokenizer, REFLECTION)
+    assert replayed.response_mask == generated.response_mask
+    assert replayed.response_mask == [0] * start + [1] * length + [0] * (len(replayed.response_ids) - start - length)
+    # The replayed attempt was not sampled now: logprob 0.0 like every other mask-0 token.
+    assert replayed.response_logprobs[: len(attempt_ids)] == [0.0] * len(attempt_ids)
+    assert replayed.response_logprobs[len(attempt_ids) :] == generated.response_logprobs[len(attempt_ids) :]
+    check_aligned(replayed)
+
+    fields = replayed.extra_fields
+    assert replayed.reward_score == 1.0
+    assert (fields["first_try_correct"], fields["final_correct"], fields["replayed_attempt"]) == (False, True, True)
+    assert [(t["kind"], t["text"], t["correct"]) for t in fields["turns"]] == [
+        ("attempt", WRONG, False),
+        ("reflection", REFLECTION, None),
+        ("retry", RIGHT, True),
+    ]
+    assert fields["turns"] == generated.extra_fields["turns"]
+    assert fields["turn_scores"] == [0.0, 1.0]
+    assert fields["reward_extra_info"]["replayed_attempt"] == 1.0
+    # The weight version is the first generated turn's (the reflection's): the attempt used no weights.
+    assert (fields["min_global_steps"], fields["max_global_steps"]) == (7, 7)
+    assert replayed.metrics.num_preempted == 0
+
+
+def test_replay_keeps_the_stored_ids_even_where_retokenizing_the_text_would_differ(tiny_tokenizer):
+    # A model may generate a non-canonical tokenization; the stream must carry its ids, not the text re-encoded.
+    attempt_ids = [t for ch in WRONG for t in tiny_tokenizer.encode(ch, add_special_tokens=False)]
+    attempt_ids.append(tiny_tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    assert attempt_ids != generated_ids(tiny_tokenizer, WRONG)
+    assert tiny_tokenizer.decode(attempt_ids, skip_special_tokens=True) == WRONG
+    out, server = run_loop(
+        tiny_tokenizer, [REFLECTION, RIGHT], row=replay_row(stored(tiny_tokenizer, attempt_ids)), attempt="replay"
+    )
+
+    prompt = render(tiny_tokenizer, PROMPT, True)
+    canonical = n_tokens(tiny_tokenizer, WRONG)
+    # Everything after the attempt is the template's rendering, as after a generated attempt.
+    after_attempt = render(tiny_tokenizer, conversation(WRONG, REFLECTION, RIGHT))[len(prompt) + canonical : -1]
+    reflect_request = after_attempt[: reflection_span(tiny_tokenizer, WRONG) - canonical]
+    assert out.prompt_ids == prompt
+    assert out.response_ids == attempt_ids + after_attempt
+    assert server.calls[0]["prompt_ids"] == prompt + attempt_ids + reflect_request
+    start, length = len(attempt_ids) + len(reflect_request), n_tokens(tiny_tokenizer, REFLECTION)
+    assert out.response_mask == [0] * start + [1] * length + [0] * (len(out.response_ids) - start - length)
+    check_aligned(out)
+
+
+def test_every_row_of_a_replayed_group_reflects_on_the_same_stored_attempt(tiny_tokenizer):
+    first, second = generated_ids(tiny_tokenizer, WRONG), generated_ids(tiny_tokenizer, "<answer> 1 * 2 * 3 </answer>")
+    row = replay_row(stored(tiny_tokenizer, first), stored(tiny_tokenizer, second))
+    # verl runs the same dataset row n times: the rows differ only in what the server samples after the attempt.
+    scripts = [[REFLECTION, RIGHT], [REFLECTION, WRONG], ["Think again.", RIGHT], ["No idea.", WRONG]]
+    outputs = [run_loop(tiny_tokenizer, script, row=row, attempt="replay")[0] for script in scripts]
+
+    for out in outputs:
+        assert out.response_ids[: len(first)] == first
+        assert out.extra_fields["num_reflections"] == 1 and sum(out.response_mask) > 0
+        assert out.extra_fields["first_try_correct"] is False
+    assert [out.reward_score for out in outputs] == [1.0, 0.0, 1.0, 0.0]
+
+    worker = _Worker(tiny_tokenizer, prompt_length=64, response_length=256)
+
+    async def postprocess():
+        return [await worker._agent_loop_postprocess(out, validate=False, raw_prompt=PROMPT) for out in outputs]
+
+    batch = worker._postprocess(
+        asyncio.run(postprocess()), input_non_tensor_batch={"uid": np.array(["p0"] * 4, dtype=object)}
+    )
+    batch.batch["token_level_rewards"] = batch.batch["rm_scores"]
+    advantages = compute_advantage(batch, adv_estimator="reflect_grpo", config=AlgoConfig()).batch["advantages"]
+    response_mask = batch.batch["response_mask"]
+    # Every row carries gradient: rewards [1, 0, 1, 0], mean 1/2, unbiased std sqrt(1/3).
+    std = (1 / 3) ** 0.5
+    expected = torch.tensor([0.5, -0.5, 0.5, -0.5]) / (std + 1e-6)
+    torch.testing.assert_close(advantages, expected.unsqueeze(-1) * response_mask)
+    assert all((advantages[row] != 0).any() for row in range(4))
+
+
+def test_generate_ignores_stored_attempts(tiny_tokenizer):
+    # eval and build-failures measure first tries: a failure-set row under `generate` samples its attempt.
+    row = replay_row(stored(tiny_tokenizer, generated_ids(tiny_tokenizer, WRONG)))
+    out, server = run_loop(tiny_tokenizer, [RIGHT], row=row)
+    assert len(server.calls) == 1
+    assert out.extra_fields["first_try_correct"] is True and out.extra_fields["replayed_attempt"] is False
+
+
+@pytest.mark.parametrize(
+    "failed_attempts, match",
+    [
+        (None, "has no stored failed attempt"),
+        ([], "has no stored failed attempt"),
+        ("too long", "over this loop's attempt cap of 8"),
+        ("other tokenizer", "does not decode to its stored text"),
+        ("correct", "is correct by the current verifier"),
+    ],
+)
+def test_replay_errors_before_generating_anything(tiny_tokenizer, failed_attempts, match):
+    wrong = stored(tiny_tokenizer, generated_ids(tiny_tokenizer, WRONG))
+    if failed_attempts == "too long":
+        failed_attempts = [wrong]
+    elif failed_attempts == "other tokenizer":
+        failed_attempts = [{**wrong, "text": "what another tokenizer decoded"}]
+    elif failed_attempts == "correct":
+        failed_attempts = [stored(tiny_tokenizer, generated_ids(tiny_tokenizer, RIGHT))]
+    row = {**ROW} if failed_attempts is None else replay_row(*failed_attempts)
+    server = ScriptedServer(tiny_tokenizer, [REFLECTION, RIGHT])
+    cap = 8 if match.startswith("over") else 64
+    with pytest.raises(ValueError, match=match) as info:
+        run_loop(tiny_tokenizer, None, server=server, row=row, attempt="replay", max_attempt_tokens=cap)
+    assert "row 0 (countdown)" in str(info.value)
+    assert server.calls == []
+
+
+def test_attempt_setting_is_checked(tiny_tokenizer):
+    verl_kwargs = standalone_kwargs(tiny_tokenizer, prompt_length=64, response_length=64, hf_model_type="qwen2")
+
+    async def build():
+        return ReflectRetryAgentLoop(server_manager=None, **verl_kwargs, attempt="reuse")
+
+    with pytest.raises(ValueError, match=r"attempt must be one of \('generate', 'replay'\), got 'reuse'"):
+        asyncio.run(build())

@@ -378,3 +378,17 @@ def test_cli_usage_errors_are_one_line(tmp_path, capsys, monkeypatch, argv, expe
     assert rc == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and expect in err, err
     assert not list(tmp_path.iterdir())
+
+
+def test_failure_sets_share_one_schema_even_with_no_stored_attempt(tmp_path):
+    sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "max_attempt_tokens": 8}
+    attempt = {"token_ids": [5, 6], "text": "x", "model": "m", "sampling": sampling}
+    rows = data.countdown_rows(2, seed=0, split="train")
+    with_attempts = [{**r, "agent_name": data.FAILURES_AGENT_NAME, data.FAILED_ATTEMPTS: [attempt]} for r in rows]
+    without = [{**r, data.FAILED_ATTEMPTS: []} for r in with_attempts]
+    data.write_parquet(with_attempts, tmp_path / "a.parquet")
+    data.write_parquet(without, tmp_path / "b.parquet")
+    schema = pq.read_schema(tmp_path / "a.parquet")
+    assert schema == pq.read_schema(tmp_path / "b.parquet")
+    assert schema.field(data.FAILED_ATTEMPTS).type == data.FAILED_ATTEMPTS_TYPE
+    assert data.read_rows(tmp_path / "a.parquet") == with_attempts

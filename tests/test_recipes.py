@@ -19,7 +19,10 @@ from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from verl.trainer.ppo.reward import get_custom_reward_fn
 from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.dataset.rl_dataset import RLHFDataset
+from verl.workers.rollout.replica import TokenOutput
 
+from verl_reflect import data
+from verl_reflect import eval as ev
 from verl_reflect.advantage import compute_reflect_grpo_advantage
 from verl_reflect.agent_loop import ReflectRetryAgentLoop
 
@@ -90,7 +93,7 @@ def test_recipe_resolves_estimator_agent_loop_and_reward(name, monkeypatch):
     entries = OmegaConf.load(rollout.agent.agent_loop_config_path)
     (entry,) = [e for e in entries if e.name == rollout.agent.default_agent_loop]
 
-    async def build():
+    async def build(entry):
         return hydra.utils.instantiate(
             config=entry,
             trainer_config=DictConfigWrap(config=cfg),
@@ -104,13 +107,21 @@ def test_recipe_resolves_estimator_agent_loop_and_reward(name, monkeypatch):
             tools=ToolListWrap([]),
         )
 
-    loop = asyncio.run(build())
+    loop = asyncio.run(build(entry))
     assert isinstance(loop, ReflectRetryAgentLoop)
     # verl's Qwen builder for qwen2; for the others, user turns come from the template (checked exact at start).
     assert (loop.turn_boundary is None) == (model_type == "qwen2")
+    assert loop.attempt == "generate"  # validation rows measure first tries
     assert loop.max_reflections == entry.max_reflections == 1
     assert loop.reflection_prompt == entry.reflection_prompt
     assert loop.response_length == cfg.data.max_response_length
+    # Failure-set rows (build-failures' agent_name) replay their stored attempt, with every other setting shared.
+    (failures_entry,) = [e for e in entries if e.name == data.FAILURES_AGENT_NAME]
+    replaying = asyncio.run(build(failures_entry))
+    assert replaying.attempt == "replay"
+    settings = ("reflection_prompt", "retry_prompt", "max_reflections", "max_attempt_tokens", "max_reflection_tokens")
+    assert [getattr(replaying, name) for name in settings] == [getattr(loop, name) for name in settings]
+    assert {e.name for e in entries} == {data.AGENT_NAME, data.FAILURES_AGENT_NAME}
     # Attempt, reflection and retry at their caps, plus the two user turns, fit the response budget.
     assert 2 * entry.max_attempt_tokens + entry.max_reflection_tokens + 256 <= loop.response_length
 
@@ -153,3 +164,38 @@ def test_the_readme_training_command_composes():
     assert printed.algorithm.adv_estimator == "reflect_grpo"
     assert printed.actor_rollout_ref.rollout.agent.default_agent_loop == "reflect_retry"
     assert printed.actor_rollout_ref.model.external_lib == "verl_reflect.register"
+
+
+class _AnswerServer:
+    """Answers every turn with the same text: enough to see which turns were generated."""
+
+    def __init__(self, tokenizer, text: str):
+        self.ids = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+        self.calls = 0
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs) -> TokenOutput:
+        self.calls += 1
+        return TokenOutput(token_ids=self.ids, stop_reason="completed")
+
+
+def test_eval_and_build_failures_generate_with_the_recipe_agent_loop(tiny_model_dir, tiny_tokenizer):
+    # --agent-loop-config brings the recipe's prompts and caps, never attempt: replay (first tries are measured),
+    # even on a failure-set row.
+    args = ev.build_parser().parse_args(
+        ["--agent-loop-config", str(REPO / "recipes" / "agent_loops" / "countdown.yaml")]
+    )
+    ev.apply_agent_loop_config(args)
+    assert args.max_attempt_tokens == 640
+    (spec,) = ev.resolve_models([str(tiny_model_dir)], args)
+    server = _AnswerServer(tiny_tokenizer, "<answer> (1 + 2) * 3 </answer>")
+    runner = ev.Runner(spec, server, reflection_prompt=args.reflection_prompt)
+    stored = {"token_ids": [5, 6], "text": "never replayed", "model": "m", "sampling": {}}
+    row = {
+        **data.countdown_rows(1, seed=0, split="train")[0],
+        "reward_model": {"style": "rule", "ground_truth": '{"target": 9, "numbers": [1, 2, 3]}'},
+        "agent_name": data.FAILURES_AGENT_NAME,
+        data.FAILED_ATTEMPTS: [stored],
+    }
+    record = asyncio.run(runner.trajectory(row, {"temperature": 0.0}))
+    assert server.calls == 1 and record["first_try_correct"] is True
+    assert record["turns"][0]["text"] == "<answer> (1 + 2) * 3 </answer>"

@@ -14,6 +14,11 @@ the model saw (generated ids kept as generated, user turns rendered by the chat 
 mask/logprobs stay aligned through every boundary edit the builder makes. Where verl has no builder
 for the model family (``llama``, ``phi3``, ``mistral``, ...), the user turns come from the chat template
 itself (``turn_boundary``), and a template that cannot be followed token for token stops the loop at start.
+
+With ``attempt: replay`` the first attempt is not generated: the row's stored failed attempt (the
+``failed_attempts`` column ``verl-reflect build-failures`` writes) takes its place, token for token, and
+the trajectory goes on from the reflection request. Every row of a GRPO group then reflects on the same
+mistake, and no tokens are spent on an attempt that is never trained.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ DEFAULT_REFLECTION_PROMPT = (
     "and how to avoid it. Do not give the answer yet."
 )
 DEFAULT_RETRY_PROMPT = "Now try again, using your reflection. Give the final answer in the same format as before."
+ATTEMPT_MODES = ("generate", "replay")
 
 
 @dataclasses.dataclass
@@ -71,6 +77,11 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         max_reflections: reflect-retry rounds after a failed first attempt (the paper uses 1).
         max_attempt_tokens: cap on each attempt and retry; None = whatever is left of ``response_length``.
         max_reflection_tokens: cap on each reflection; None = whatever is left of ``response_length``.
+        attempt: ``generate`` samples the first attempt; ``replay`` puts the row's first stored failed attempt
+            (``failed_attempts[0]``, from ``build-failures``) in its place, with mask 0, and never generates one:
+            a row with no stored attempt, one longer than the attempt cap, one this tokenizer does not decode to
+            its stored text, or one the verifier now scores correct is an error. Under replay
+            ``first_try_correct`` is False by construction; ``replayed_attempt`` marks such rows.
     """
 
     def __init__(
@@ -81,11 +92,15 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         max_reflections: int = 1,
         max_attempt_tokens: Optional[int] = None,
         max_reflection_tokens: Optional[int] = None,
+        attempt: str = "generate",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         if max_reflections < 0:
             raise ValueError(f"max_reflections must be >= 0, got {max_reflections}")
+        if attempt not in ATTEMPT_MODES:
+            raise ValueError(f"attempt must be one of {ATTEMPT_MODES}, got {attempt!r}")
+        self.attempt = attempt
         self.reflection_prompt = reflection_prompt
         self.retry_prompt = retry_prompt
         self.max_reflections = max_reflections
@@ -115,6 +130,13 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         # turn reuses the KV prefix of the turns before it.
         request_id = f"det-{int(kwargs.get('priority', 0))}" if full_determinism else uuid4().hex
 
+        stored_attempt = self._stored_attempt(kwargs) if self.attempt == "replay" else None
+        if stored_attempt is not None:
+            # The stored ids answer the first generate call in place of the server, so the replayed attempt
+            # takes the generated attempt's exact path: cap, merge, mask 0, turn record and verdict. (verl builds
+            # one loop instance per trajectory, so the swap lasts exactly this trajectory.)
+            self.server_manager = _StoredAttemptServer(self.server_manager, stored_attempt["token_ids"])
+
         traj = _Trajectory(token_ids=await self.ct_build_initial_tokens(messages), messages=messages)
         prompt_length = len(traj.token_ids)
         metrics: dict[str, float] = {}
@@ -127,6 +149,8 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             return turn["correct"]
 
         correct = await attempt("attempt")
+        if stored_attempt is not None:
+            self._check_replayed(traj.turns[0], stored_attempt, kwargs)
         first_try_correct = correct
         num_reflections = 0
         while not correct and num_reflections < self.max_reflections:
@@ -152,6 +176,7 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             "final_correct": correct,
             "num_reflections": num_reflections,
             "reflection_tokens": sum(traj.mask),
+            "replayed_attempt": stored_attempt is not None,
         }
         return AgentLoopOutput(
             prompt_ids=traj.token_ids[:prompt_length],
@@ -176,6 +201,41 @@ class ReflectRetryAgentLoop(AgentLoopBase):
                 "tool_rewards": [],
             },
         )
+
+    def _stored_attempt(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row's first stored failed attempt (every row of a group is the same row, so all replay it)."""
+        stored = row.get("failed_attempts")
+        where = _which_row(row)
+        if stored is None or len(stored) == 0:
+            raise ValueError(
+                f"attempt=replay: {where} has no stored failed attempt (the failed_attempts column that "
+                "`verl-reflect build-failures` writes); replay never generates one"
+            )
+        first = stored[0]
+        token_ids = [int(token) for token in first["token_ids"]]
+        cap = min(self.max_attempt_tokens or self.response_length, self.response_length)
+        if len(token_ids) > cap:
+            raise ValueError(
+                f"attempt=replay: {where}'s stored attempt has {len(token_ids)} tokens, over this loop's attempt "
+                f"cap of {cap}: build the failure set with the recipe's --agent-loop-config"
+            )
+        return {**first, "token_ids": token_ids}
+
+    @staticmethod
+    def _check_replayed(turn: dict[str, Any], stored: dict[str, Any], row: dict[str, Any]) -> None:
+        """A replayed attempt must read as stored and still fail: anything else means the failure set does not
+        belong to this tokenizer or verifier, and training on it would be silently wrong."""
+        where = _which_row(row)
+        if turn["text"] != stored["text"]:
+            raise ValueError(
+                f"attempt=replay: {where}'s stored attempt does not decode to its stored text with this tokenizer: "
+                f"the failure set was built with another tokenizer (model {stored.get('model')!r})"
+            )
+        if turn["correct"]:
+            raise ValueError(
+                f"attempt=replay: {where}'s stored failed attempt is correct by the current verifier: "
+                "the failure set is stale, rebuild it"
+            )
 
     async def _generate(
         self,
@@ -284,6 +344,35 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             appended_token_count=len(user_turn_ids),
             kind="context",
             inserted_token_ids=closing,
+        )
+
+
+def _which_row(row: dict[str, Any]) -> str:
+    """``row 12 (countdown)``: the dataset row, for error messages (verl passes ``extra_info.index`` as ``index``)."""
+    index = row.get("index", (row.get("extra_info") or {}).get("index", "?"))
+    return f"row {index} ({row.get('data_source')})"
+
+
+class _StoredAttemptServer:
+    """verl's server-manager interface for one trajectory: answers the first ``generate`` call with a stored
+    attempt's ids (nothing is generated, so no weight version or preemption to report; logprobs are 0.0, as on
+    any other mask-0 token), then passes every later call to ``server``."""
+
+    def __init__(self, server: Any, token_ids: list[int]):
+        self.server = server
+        self.token_ids: Optional[list[int]] = token_ids
+
+    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any], **kwargs):
+        if self.token_ids is None:
+            return await self.server.generate(
+                request_id, prompt_ids=prompt_ids, sampling_params=sampling_params, **kwargs
+            )
+        token_ids, self.token_ids = self.token_ids, None
+        return TokenOutput(
+            token_ids=token_ids,
+            log_probs=[0.0] * len(token_ids) if sampling_params.get("logprobs") else None,
+            stop_reason="completed",
+            num_preempted=0,
         )
 
 

@@ -13,6 +13,17 @@ Every row has the columns verl's ``RLHFDataset`` reads (see ``verl/utils/dataset
 
 The ground truth is always a JSON string, whatever the task, so files of different tasks share one
 parquet schema and can be mixed in one training run.
+
+A failure set written by ``verl-reflect build-failures`` (``verl_reflect/failures.py``) has the same
+columns, ``agent_name`` set to ``reflect_retry_failures``, ``extra_info.source_index`` (the row's index in
+the input) and one more column, the failed first attempts the loop can replay (``attempt: replay``):
+
+    failed_attempts  list of {
+        token_ids  list<int64>: the attempt's ids exactly as generated (with the end-of-turn token it stopped on)
+        text       the same ids decoded (special tokens skipped), for people to read
+        model      the model directory that generated it
+        sampling   {temperature, top_p, top_k, repetition_penalty, max_attempt_tokens}
+    }   in sampling order; the loop replays the first
 """
 
 from __future__ import annotations
@@ -29,7 +40,33 @@ from tqdm import tqdm
 from verl_reflect.cli_support import ArgumentParser, UserError, atomic_path, positive_int, run_command
 
 AGENT_NAME = "reflect_retry"
+# The agent-loop entry failure-set rows run under: the recipes' YAML sets it to replay the stored attempt,
+# while the validation and test rows (AGENT_NAME) keep generating theirs.
+FAILURES_AGENT_NAME = "reflect_retry_failures"
 REQUIRED_COLUMNS = ("prompt", "data_source", "reward_model", "extra_info")
+FAILED_ATTEMPTS = "failed_attempts"
+# Spelled out, not inferred: a file whose lists are all empty keeps its type, and every failure set has one schema.
+FAILED_ATTEMPTS_TYPE = pa.list_(
+    pa.struct(
+        [
+            ("token_ids", pa.list_(pa.int64())),
+            ("text", pa.string()),
+            ("model", pa.string()),
+            (
+                "sampling",
+                pa.struct(
+                    [
+                        ("temperature", pa.float64()),
+                        ("top_p", pa.float64()),
+                        ("top_k", pa.int64()),
+                        ("repetition_penalty", pa.float64()),
+                        ("max_attempt_tokens", pa.int64()),
+                    ]
+                ),
+            ),
+        ]
+    )
+)
 SAMPLE_XLAM = Path(__file__).parent / "samples" / "xlam_sample.json"
 
 # -----------------------------------------------------------------------------
@@ -294,6 +331,9 @@ def write_parquet(rows: list[dict], path: str | Path) -> None:
     if not rows:
         raise UserError(f"no rows to write to {path}")
     table = pa.Table.from_pylist(rows)
+    if FAILED_ATTEMPTS in table.column_names:
+        column = pa.array([row[FAILED_ATTEMPTS] for row in rows], type=FAILED_ATTEMPTS_TYPE)
+        table = table.set_column(table.column_names.index(FAILED_ATTEMPTS), FAILED_ATTEMPTS, column)
     try:
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)

@@ -81,7 +81,8 @@ def add_run_args(parser: argparse.ArgumentParser, *, temperature: float) -> None
     )
 
 
-# The ReflectRetryAgentLoop kwargs a recipe's agent-loop YAML sets and the command line can override.
+# The ReflectRetryAgentLoop kwargs a recipe's agent-loop YAML sets and the command line can override. Not
+# ``attempt``: eval and build-failures measure first tries, so they always generate them.
 LOOP_SETTINGS = ("reflection_prompt", "retry_prompt", "max_reflections", "max_attempt_tokens", "max_reflection_tokens")
 
 
@@ -229,11 +230,15 @@ class Runner:
         if close is not None:
             close()
 
-    async def trajectory(self, row: dict, sampling: dict[str, Any], **loop_kwargs: Any) -> dict[str, Any]:
+    async def trajectory(
+        self, row: dict, sampling: dict[str, Any], *, keep_token_ids: bool = False, **loop_kwargs: Any
+    ) -> dict[str, Any]:
         """Run one row (``loop_kwargs`` override the runner's); returns the JSON-ready record (verdicts,
-        turns, reflection tokens, token layout)."""
+        turns, reflection tokens, token layout). ``keep_token_ids`` adds each turn's ``token_ids``: the ids
+        the backend generated, as the loop kept them (what ``build-failures`` stores for replay)."""
+        server = _RecordingServer(self.backend) if keep_token_ids else self.backend
         # Built here, inside the running event loop, which AgentLoopBase captures.
-        loop = self._loop_cls(server_manager=self.backend, **{**self._loop_kwargs, **loop_kwargs})
+        loop = self._loop_cls(server_manager=server, **{**self._loop_kwargs, **loop_kwargs})
         out = await loop.run(
             dict(sampling),
             raw_prompt=list(row["prompt"]),
@@ -243,6 +248,9 @@ class Runner:
         )
         fields = out.extra_fields
         turns = [{"kind": t["kind"], "text": t["text"], "correct": t["correct"]} for t in fields["turns"]]
+        if keep_token_ids:
+            for turn, token_ids in zip(turns, server.token_ids, strict=True):  # one generate call per turn
+                turn["token_ids"] = token_ids
         return {
             "first_try_correct": bool(fields["first_try_correct"]),
             "final_correct": bool(fields["final_correct"]),
@@ -252,6 +260,22 @@ class Runner:
             "turns": turns,
             "layout": token_layout(fields["turns"], list(out.response_mask)),
         }
+
+
+class _RecordingServer:
+    """Passes ``generate`` calls on to ``server`` and keeps each call's token ids, cut to ``max_tokens`` exactly
+    as the loop cuts them: the generated ids, before any chat-template merge touches them."""
+
+    def __init__(self, server: Any):
+        self.server = server
+        self.token_ids: list[list[int]] = []
+
+    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any], **kwargs):
+        output = await self.server.generate(
+            request_id, prompt_ids=prompt_ids, sampling_params=sampling_params, **kwargs
+        )
+        self.token_ids.append(list(output.token_ids[: sampling_params["max_tokens"]]))
+        return output
 
 
 async def as_completed_limited(

@@ -1,12 +1,17 @@
-"""Keep only the prompts a model fails: the paper trains reflection on those alone.
+"""Keep only the prompts a model fails, with the attempts that failed: the paper trains reflection on those alone.
 
     verl-reflect build-failures --model DIR --data train.parquet --out failures.parquet [--k 4] [--max-success-rate 0]
+        [--keep-attempts 1]
 
 For each prompt, ``--k`` first attempts are sampled (one turn: the reflect-retry loop with no
 reflection, so prompts are rendered and answers scored exactly as in training) and scored by the
 task's verifier. Prompts whose success rate is at most ``--max-success-rate`` are written, with the
 input's schema, to a parquet ready for the recipes: ``extra_info.index`` becomes 0..n-1 and the
-original index is kept as ``extra_info.source_index``.
+original index is kept as ``extra_info.source_index``. Each kept row also stores up to
+``--keep-attempts`` of its failed attempts (token ids as generated, their text, the model and the
+sampling settings) in ``failed_attempts``, and runs under the ``reflect_retry_failures`` agent-loop
+entry, which the recipes set to replay the first stored attempt instead of generating a new one
+(schema: ``verl_reflect/data.py``).
 """
 
 from __future__ import annotations
@@ -33,44 +38,71 @@ from verl_reflect.eval import (
 )
 
 
-def check_filter_args(k: int, max_success_rate: float) -> None:
+def check_filter_args(k: int, max_success_rate: float, keep_attempts: int = 1) -> None:
     if k < 1:
         raise UserError(f"--k must be a positive integer, got {k}")
     if not 0.0 <= max_success_rate <= 1.0:
         raise UserError(f"--max-success-rate must be in [0, 1], got {max_success_rate}")
+    if keep_attempts < 1:
+        raise UserError(f"--keep-attempts must be a positive integer, got {keep_attempts}")
 
 
-def success_counts(
+def sample_attempts(
     runner: Runner, rows: list[dict], sampling: dict[str, Any], *, k: int, concurrency: int
-) -> list[int]:
-    """How many of ``k`` sampled first attempts were correct, per row."""
-    counts = [0] * len(rows)
+) -> list[list[dict]]:
+    """``k`` sampled first attempts per row, in sampling order: ``{correct, token_ids, text}``."""
+    attempts: list[list[dict | None]] = [[None] * k for _ in rows]
 
-    async def one(index: int, row: dict) -> tuple[int, bool]:
+    async def one(index: int, sample: int, row: dict) -> tuple[int, int, dict]:
         # One turn of the reflect-retry loop: prompt rendering and scoring exactly as in training.
-        record = await runner.trajectory(row, sampling, max_reflections=0)
-        return index, record["first_try_correct"]
+        record = await runner.trajectory(row, sampling, keep_token_ids=True, max_reflections=0)
+        (turn,) = record["turns"]
+        return index, sample, {"correct": bool(turn["correct"]), "token_ids": turn["token_ids"], "text": turn["text"]}
 
     async def run_all() -> None:
-        jobs: list[Callable[[], Awaitable[tuple[int, bool]]]] = [
-            lambda i=i, r=r: one(i, r) for i, r in enumerate(rows) for _ in range(k)
+        jobs: list[Callable[[], Awaitable[tuple[int, int, dict]]]] = [
+            lambda i=i, j=j, r=r: one(i, j, r) for i, r in enumerate(rows) for j in range(k)
         ]
-        async for index, correct in as_completed_limited(jobs, concurrency=concurrency, desc=f"{k} attempts/prompt"):
-            counts[index] += int(correct)
+        async for index, sample, attempt in as_completed_limited(
+            jobs, concurrency=concurrency, desc=f"{k} attempts/prompt"
+        ):
+            # Stored by sample number, not finishing order: "the first stored attempt" is the first one sampled.
+            attempts[index][sample] = attempt
 
     asyncio.run(run_all())
-    return counts
+    return attempts
 
 
-def keep_failures(rows: list[dict], counts: list[int], *, k: int, max_success_rate: float) -> list[dict]:
-    """Rows with ``count / k <= max_success_rate``, re-indexed 0..n-1; the old index goes to ``source_index``."""
+def keep_failures(
+    rows: list[dict],
+    attempts: list[list[dict]],
+    *,
+    max_success_rate: float,
+    keep_attempts: int = 1,
+    provenance: dict[str, Any] | None = None,
+) -> list[dict]:
+    """Rows solved by at most ``max_success_rate`` of their attempts, re-indexed 0..n-1 (the old index goes to
+    ``source_index``), each with up to ``keep_attempts`` failed attempts (and ``provenance``) in ``failed_attempts``
+    and the failure-set agent name."""
     kept = []
-    for position, (row, count) in enumerate(zip(rows, counts)):
-        if count / k <= max_success_rate:
+    for position, (row, sampled) in enumerate(zip(rows, attempts, strict=True)):
+        if sum(a["correct"] for a in sampled) / len(sampled) <= max_success_rate:
             extra = dict(row.get("extra_info") or {})
             extra["source_index"] = extra.get("index", position)
             extra["index"] = len(kept)
-            kept.append({**row, "extra_info": extra})
+            failed = [
+                {"token_ids": a["token_ids"], "text": a["text"], **(provenance or {})}
+                for a in sampled
+                if not a["correct"]
+            ]
+            kept.append(
+                {
+                    **row,
+                    "extra_info": extra,
+                    "agent_name": data.FAILURES_AGENT_NAME,
+                    data.FAILED_ATTEMPTS: failed[:keep_attempts],
+                }
+            )
     return kept
 
 
@@ -83,18 +115,34 @@ def build_failures(
     k: int,
     max_success_rate: float,
     concurrency: int,
+    keep_attempts: int = 1,
 ) -> list[dict]:
     """Sample, filter, write ``out`` atomically, print what was kept; returns the kept rows."""
-    check_filter_args(k, max_success_rate)
-    counts = success_counts(runner, rows, sampling, k=k, concurrency=concurrency)
-    kept = keep_failures(rows, counts, k=k, max_success_rate=max_success_rate)
-    accuracy = sum(counts) / (k * len(rows))
-    print(f"first-try accuracy: {100 * accuracy:.1f}% ({sum(counts)}/{k * len(rows)} attempts)")
+    check_filter_args(k, max_success_rate, keep_attempts)
+    attempts = sample_attempts(runner, rows, sampling, k=k, concurrency=concurrency)
+    provenance = {
+        "model": str(runner.spec.path),
+        "sampling": {
+            "temperature": float(sampling.get("temperature", 1.0)),
+            "top_p": float(sampling.get("top_p", 1.0)),
+            "top_k": int(sampling.get("top_k", -1)),
+            "repetition_penalty": float(sampling.get("repetition_penalty", 1.0)),
+            "max_attempt_tokens": runner.spec.budget.max_attempt_tokens,
+        },
+    }
+    kept = keep_failures(
+        rows, attempts, max_success_rate=max_success_rate, keep_attempts=keep_attempts, provenance=provenance
+    )
+    solved = sum(a["correct"] for sampled in attempts for a in sampled)
+    print(f"first-try accuracy: {100 * solved / (k * len(rows)):.1f}% ({solved}/{k * len(rows)} attempts)")
     if not kept:
-        solved = f"all solved more than {max_success_rate:.0%} of the time"
-        raise UserError(f"kept 0 of {len(rows)} prompts ({solved}); nothing written")
+        solved_often = f"all solved more than {max_success_rate:.0%} of the time"
+        raise UserError(f"kept 0 of {len(rows)} prompts ({solved_often}); nothing written")
     data.write_parquet(kept, out)
     print(f"kept {len(kept)} of {len(rows)} prompts (success rate <= {max_success_rate:.0%} over k={k}); wrote {out}")
+    unreplayable = sum(not row[data.FAILED_ATTEMPTS] for row in kept)
+    if unreplayable:  # only possible with --max-success-rate 1
+        print(f"warning: {unreplayable} kept prompts were never failed: they have no attempt to replay")
     return kept
 
 
@@ -104,6 +152,9 @@ def build_parser(prog: str = "verl-reflect build-failures") -> argparse.Argument
     parser.add_argument("--out", type=Path, required=True, help="the .parquet file to write")
     parser.add_argument("--k", type=int, default=4, help="first attempts sampled per prompt")
     parser.add_argument("--max-success-rate", type=float, default=0.0, help="keep prompts solved at most this often")
+    parser.add_argument(
+        "--keep-attempts", type=int, default=1, help="failed attempts stored per prompt (replay uses the first)"
+    )
     return parser
 
 
@@ -111,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out.suffix != ".parquet":  # verl's RLHFDataset picks the reader by file extension
         raise UserError(f"--out must end in .parquet, got {args.out}")
-    check_filter_args(args.k, args.max_success_rate)
+    check_filter_args(args.k, args.max_success_rate, args.keep_attempts)
     apply_agent_loop_config(args)
     rows = load_rows(args.data, limit=args.limit, seed=args.seed)
     (spec,) = resolve_models([args.model], args)
@@ -126,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             k=args.k,
             max_success_rate=args.max_success_rate,
             concurrency=args.concurrency,
+            keep_attempts=args.keep_attempts,
         )
     finally:
         runner.close()
