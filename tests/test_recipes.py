@@ -28,7 +28,9 @@ from verl_reflect.agent_loop import ReflectRetryAgentLoop
 
 REPO = Path(__file__).resolve().parents[1]
 # The GPU recipes; countdown_tiny_cpu is checked by running it (tests/test_trainer.py).
-RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith("_") and p.stem != "countdown_tiny_cpu")
+RECIPES = sorted(
+    p.stem for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith("_") and p.stem != "countdown_tiny_cpu"
+)
 DATA = ["data.train_files=/data/train.parquet", "data.val_files=/data/test.parquet"]
 
 

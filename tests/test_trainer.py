@@ -3,8 +3,10 @@
 Two runs of 2 steps each (about a minute apiece on 2 cores), on test-only tasks the random tiny model can
 solve (``tests/fixtures/toy_tasks``):
 
-- ``toy_tasks.parity``: about half the answers are right, so groups mix rewards, reflections get advantages,
-  and the weights move; checks what the trainer trained on (its own dump), the weight sync, per-step and
+- ``toy_tasks.parity``: about half the answers are right. ``verl-reflect build-failures`` keeps the prompts the
+  tiny model failed, with their failed attempts, and the trainer replays them (``attempt: replay``): every row
+  reflects on its group's stored failure, retries are right about half the time, reflections get advantages,
+  and the weights move. Checks what the trainer trained on (its own dump), the weight sync, per-step and
   validation metrics, and that the saved checkpoint loads in ``verl-reflect eval``.
 - ``toy_tasks.first_try``: every first attempt is right, so no batch holds a reflection token; verl's own
   ``sync`` trainer crashes there (``rollout_corr_helper.py``), ``reflect_sync`` skips the update.
@@ -20,13 +22,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
-from verl_reflect import data
+from verl_reflect import data, failures
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 2
+
+
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def write_task_data(directory: Path, data_source: str) -> tuple[Path, Path]:
@@ -39,9 +43,33 @@ def write_task_data(directory: Path, data_source: str) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def run_main_ppo(tmp_path: Path, cache_dir: Path, data_source: str, *overrides: str) -> dict:
-    """Train ``STEPS`` steps; returns the exit code, the per-step metrics and the output folders."""
+def build_failure_set(train: Path, out: Path, cache_dir: Path) -> Path:
+    """``verl-reflect build-failures`` with the tiny model, one attempt per prompt, in this process."""
+    sys.path.insert(0, str(FIXTURES))  # it scores toy_tasks here
+    old_cache = os.environ.get("VERL_REFLECT_CACHE")
+    os.environ["VERL_REFLECT_CACHE"] = str(cache_dir)
+    try:
+        agent_loop_config = REPO / "recipes" / "agent_loops" / "countdown_tiny.yaml"
+        failures.main(
+            ["--data", str(train), "--out", str(out), "--k", "1", "--agent-loop-config", str(agent_loop_config)]
+        )
+    finally:
+        sys.path.remove(str(FIXTURES))
+        if old_cache is None:
+            os.environ.pop("VERL_REFLECT_CACHE")
+        else:
+            os.environ["VERL_REFLECT_CACHE"] = old_cache
+    return out
+
+
+def run_main_ppo(tmp_path: Path, cache_dir: Path, data_source: str, *overrides: str, failure_set=False) -> dict:
+    """Train ``STEPS`` steps; returns the exit code, the per-step metrics and the output folders.
+
+    ``failure_set``: train on what ``verl-reflect build-failures`` keeps of the train split (replayed attempts).
+    """
     train, test = write_task_data(tmp_path, data_source)
+    if failure_set:
+        train = build_failure_set(train, tmp_path / "failures.parquet", cache_dir)
     metrics_path = tmp_path / "metrics.jsonl"
     command = [
         sys.executable,
@@ -64,7 +92,7 @@ def run_main_ppo(tmp_path: Path, cache_dir: Path, data_source: str, *overrides: 
         "VERL_PLATFORM": "cpu",
         "VERL_FILE_LOGGER_PATH": str(metrics_path),
         "VERL_REFLECT_CACHE": str(cache_dir),  # the tiny model this test session already built
-        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "fixtures"), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     steps = []
@@ -88,7 +116,11 @@ def trained_rows(run: dict, step: int) -> list[dict]:
 def parity_run(tmp_path_factory, tiny_model_dir):
     # A large learning rate moves the policy far in one step, so a rollout server left on stale weights shows.
     return run_main_ppo(
-        tmp_path_factory.mktemp("parity"), tiny_model_dir.parent, "toy_tasks.parity", "actor_rollout_ref.actor.optim.lr=1e-2"
+        tmp_path_factory.mktemp("parity"),
+        tiny_model_dir.parent,
+        "toy_tasks.parity",
+        "actor_rollout_ref.actor.optim.lr=1e-2",
+        failure_set=True,
     )
 
 
@@ -103,9 +135,10 @@ def test_main_ppo_trains_every_step_and_logs_reflect_metrics(parity_run):
         for key in ("reflect/first_try_correct", "reflect/final_correct", "reflect/reflected", "actor/pg_loss"):
             assert math.isfinite(step[key]), key
         assert step["reflect/skipped_update"] == 0.0
-        assert 0 < step["reflect/rows_with_gradient"] <= step["reflect/reflected"]
-        # The first-try accuracy is a real measurement: some rows are right, some reflect.
-        assert 0 < step["reflect/first_try_correct"] < 1
+        # Failure replay: every row starts from its stored failed attempt and reflects.
+        assert step["reflect/replayed_attempt"] == step["reflect/reflected"] == 1.0
+        assert step["reflect/first_try_correct"] == 0.0
+        assert 0 < step["reflect/rows_with_gradient"] and 0 < step["reflect/final_correct"] < 1
 
 
 def test_advantage_is_non_zero_only_on_reflection_tokens(parity_run):
@@ -129,9 +162,30 @@ def test_advantage_is_non_zero_only_on_reflection_tokens(parity_run):
         assert any(any(row["advantages"]) for row in rows)
 
 
+def test_every_row_of_a_group_replays_the_groups_stored_failure(parity_run):
+    check_ran(parity_run)
+    stored = {
+        row["extra_info"]["index"]: row["failed_attempts"][0]["token_ids"]
+        for row in data.read_rows(parity_run["dir"] / "failures.parquet")
+    }
+    for step in range(1, STEPS + 1):
+        attempts_by_group: dict[str, set] = {}
+        for row in trained_rows(parity_run, step):
+            (attempt,) = [turn for turn in row["turns"] if turn["kind"] == "attempt"]
+            ids = tuple(row["response_ids"][attempt["start"] : attempt["start"] + attempt["num_tokens"]])
+            attempts_by_group.setdefault(row["key"].split("_")[0], set()).add(ids)
+        assert all(len(attempts) == 1 for attempts in attempts_by_group.values())  # one failure per group
+        # ... and it is a failed attempt build-failures stored, token for token.
+        assert {ids for attempts in attempts_by_group.values() for ids in attempts} <= {
+            tuple(ids) for ids in stored.values()
+        }
+
+
 def test_weights_change_and_the_rollout_server_samples_from_them(parity_run, tiny_model_dir):
     check_ran(parity_run)
-    trained = load_file(parity_run["dir"] / "checkpoints" / f"global_step_{STEPS}" / "actor" / "huggingface" / "model.safetensors")
+    trained = load_file(
+        parity_run["dir"] / "checkpoints" / f"global_step_{STEPS}" / "actor" / "huggingface" / "model.safetensors"
+    )
     initial = load_file(tiny_model_dir / "model.safetensors")
     assert trained.keys() == initial.keys()
     assert max((trained[name] - initial[name]).abs().max().item() for name in initial) > 1e-3
@@ -153,8 +207,18 @@ def test_saved_checkpoint_loads_in_eval_compare_model(parity_run, tiny_model_dir
     check_ran(parity_run)
     checkpoint = parity_run["dir"] / "checkpoints" / f"global_step_{STEPS}" / "actor" / "huggingface"
     proc = subprocess.run(
-        [sys.executable, "-m", "verl_reflect.cli", "eval", "--compare-model", str(checkpoint), "--limit", "2",
-         "--out-dir", str(tmp_path / "eval")],
+        [
+            sys.executable,
+            "-m",
+            "verl_reflect.cli",
+            "eval",
+            "--compare-model",
+            str(checkpoint),
+            "--limit",
+            "2",
+            "--out-dir",
+            str(tmp_path / "eval"),
+        ],
         cwd=REPO,
         env={**os.environ, "VERL_REFLECT_CACHE": str(tiny_model_dir.parent)},
         capture_output=True,

@@ -15,8 +15,7 @@ import sys
 
 from verl_reflect import data, demo, failures
 from verl_reflect import eval as eval_cmd  # not `eval`: that would shadow the builtin
-from verl_reflect.cli_support import ArgumentParser, run_command
-
+from verl_reflect.cli_support import run_command
 
 COMMANDS = {
     "demo": (demo.main, "the whole pipeline on a CPU with the embedded tiny model: failures, training, eval"),

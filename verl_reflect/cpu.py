@@ -272,4 +272,3 @@ _ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = f"{__name__}.HFServerAdapter"
 
 if os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu":
     _enable_cpu_training()
-

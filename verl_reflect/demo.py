@@ -66,7 +66,9 @@ def train(train: Path, test: Path, out_dir: Path, steps: int) -> tuple[Path, lis
     metrics_path.unlink(missing_ok=True)
     env = {**os.environ, "VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(metrics_path)}
     with open(log_path, "w") as log, tqdm(total=steps, desc="main_ppo", unit="step", dynamic_ncols=True) as bar:
-        proc = subprocess.Popen(main_ppo_command(train, test, out_dir, steps), stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            main_ppo_command(train, test, out_dir, steps), stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         while proc.poll() is None:
             time.sleep(1)
             bar.update(len(_read_steps(metrics_path)) - bar.n)
@@ -113,8 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     print("\n2. failure set: the training prompts the base model fails (2 first attempts each)")
     failure_set = out_dir / "data" / "failures.parquet"
     failures.main(
-        ["--data", str(out_dir / "data" / "train.parquet"), "--out", str(failure_set), "--k", "2",
-         "--agent-loop-config", str(AGENT_LOOP_CONFIG), "--seed", str(args.seed)]
+        [
+            "--data",
+            str(out_dir / "data" / "train.parquet"),
+            "--out",
+            str(failure_set),
+            "--k",
+            "2",
+            "--agent-loop-config",
+            str(AGENT_LOOP_CONFIG),
+            "--seed",
+            str(args.seed),
+        ]
     )
 
     print(f"\n3. training: {args.steps} steps of verl's main_ppo on CPU ({RECIPE}; log: {out_dir / 'train.log'})")
@@ -125,9 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     print("\n4. evaluation: base vs trained, first try vs after one reflection")
     (out_dir / eval_cmd.JSONL_NAME).unlink(missing_ok=True)  # a fresh run: the demo is about watching it happen
     eval_args = eval_cmd.build_parser().parse_args(
-        ["--compare-model", str(checkpoint),
-         "--data", str(out_dir / "data" / "test.parquet"), "--agent-loop-config", str(AGENT_LOOP_CONFIG),
-         "--out-dir", str(out_dir)]
+        [
+            "--compare-model",
+            str(checkpoint),
+            "--data",
+            str(out_dir / "data" / "test.parquet"),
+            "--agent-loop-config",
+            str(AGENT_LOOP_CONFIG),
+            "--out-dir",
+            str(out_dir),
+        ]
     )
     eval_cmd.run_eval(eval_args)
 

@@ -118,7 +118,7 @@ class ModelSpec:
 
 
 def checkpoint_label(path: Path) -> str:
-    """A model's column title: its folder name, or ``global_step_N`` for verl's ``.../global_step_N/actor/huggingface``."""
+    """A column title: the folder name, or ``global_step_N`` for verl's ``.../global_step_N/actor/huggingface``."""
     if path.name == "huggingface" and path.parent.name == "actor":
         return path.parents[1].name
     return path.name

@@ -8,9 +8,10 @@ It behaves exactly like verl's ``sync`` trainer, plus:
   the token-mean loss would divide by zero. This trainer skips both and skips the actor update: there is
   nothing to learn and no forward/backward pass is spent.
 - **Per-step reflect metrics** beside verl's own: ``reflect/first_try_correct``, ``reflect/final_correct``
-  (accuracy before and after reflection over the step's rows), ``reflect/reflected`` (share of rows that
-  reflected), ``reflect/reflection_tokens`` (mean per reflecting row), ``reflect/rows_with_gradient`` (share of
-  rows with a non-zero advantage) and ``reflect/skipped_update``.
+  (accuracy before and after reflection over the step's rows; under failure replay the first try is the
+  stored failure), ``reflect/reflected`` (share of rows that reflected), ``reflect/replayed_attempt``,
+  ``reflect/reflection_tokens`` (mean per reflecting row), ``reflect/rows_with_gradient`` (share of rows with a
+  non-zero advantage), ``reflect/generated_tokens`` (step total) and ``reflect/skipped_update``.
 - **What was trained, dumped.** With ``trainer.rollout_data_dir`` set, ``<dir>/trained_<step>.jsonl`` holds per
   row the response ids, ``response_mask``, the advantages the actor update used, and the loop's turn records.
 """
@@ -27,7 +28,13 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 TRAINER_MODE = "reflect_sync"
-_STAT_KEYS = ("first_try_correct", "final_correct", "num_reflections", "reflection_tokens")
+_STAT_KEYS = ("first_try_correct", "final_correct", "num_reflections", "reflection_tokens", "replayed_attempt")
+
+
+def _generated_tokens(row: dict) -> int:
+    """Tokens the rollout server generated for a row: every turn but a replayed attempt."""
+    turns = row["turns"][1:] if row["replayed_attempt"] else row["turns"]
+    return sum(turn["num_tokens"] for turn in turns)
 
 
 @register_trainer(TRAINER_MODE)
@@ -70,10 +77,12 @@ class ReflectRetryTrainer(PPOTrainerSync):
                 "reflect/first_try_correct": np.mean([row["first_try_correct"] for row in rows]),
                 "reflect/final_correct": np.mean([row["final_correct"] for row in rows]),
                 "reflect/reflected": len(reflected) / len(rows),
+                "reflect/replayed_attempt": np.mean([row["replayed_attempt"] for row in rows]),
                 "reflect/reflection_tokens": np.mean([row["reflection_tokens"] for row in reflected])
                 if reflected
                 else 0.0,
                 "reflect/rows_with_gradient": np.mean([any(row["advantages"]) for row in rows]),
+                "reflect/generated_tokens": sum(_generated_tokens(row) for row in rows),
             }
         )
 
@@ -88,7 +97,9 @@ class ReflectRetryTrainer(PPOTrainerSync):
         """Per non-padding row: the loop's stats and turns, the response, its mask and its advantages."""
         fields = ["responses", "response_mask", "advantages", "rm_scores", "extra_fields"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
-        extra_fields = data["extra_fields"].tolist() if hasattr(data["extra_fields"], "tolist") else data["extra_fields"]
+        extra_fields = (
+            data["extra_fields"].tolist() if hasattr(data["extra_fields"], "tolist") else data["extra_fields"]
+        )
         rows = []
         for i, (key, tag) in enumerate(zip(batch.keys, batch.tags)):
             if tag.get("is_padding", False):
