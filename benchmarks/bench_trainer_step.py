@@ -7,7 +7,11 @@ first, which warms up). The plugin's share is what verl-reflect adds to a step: 
 per trajectory (measured in-process on the recipe's turn sizes, instant server) times the step's
 trajectories, plus ``reflect_grpo`` on the step's batch shape.
 
-    python benchmarks/bench_trainer_step.py [--steps 4]
+With ``--replay``, it compares ``attempt: generate`` against ``attempt: replay`` on one failure set (built by
+``build-failures`` with the tiny model on the toy task): generated tokens, rows with a non-zero advantage and
+time per step, each mode through the real trainer.
+
+    python benchmarks/bench_trainer_step.py [--steps 4] [--replay]
 """
 
 from __future__ import annotations
@@ -36,23 +40,31 @@ PHASES = ["gen", "old_log_prob", "ref", "adv", "update_actor", "update_weights"]
 ROWS_PER_STEP, RESPONSE_LENGTH, TURN_TOKENS = 16, 256, 32  # the CPU recipe: 4 x n=4, 256 tokens, 32-token turns
 
 
-def run_trainer(steps: int, workdir: Path) -> list[dict]:
-    for split, size in (("train", 8 * steps), ("test", 4)):
+FIXTURES = REPO / "tests" / "fixtures"
+AGENT_LOOPS = REPO / "recipes" / "agent_loops" / "countdown_tiny.yaml"
+
+
+def write_toy_data(workdir: Path, train_rows: int) -> None:
+    for split, size in (("train", train_rows), ("test", 4)):
         rows = [{**row, "data_source": "toy_tasks.parity"} for row in data.countdown_rows(size, seed=1, split=split)]
         data.write_parquet(rows, workdir / f"{split}.parquet")
+
+
+def run_trainer(steps: int, workdir: Path, train: Path, *overrides: str) -> list[dict]:
     metrics = workdir / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)
     command = [
         sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(REPO / "recipes"),
-        "--config-name", "countdown_tiny_cpu", f"data.train_files={workdir / 'train.parquet'}",
+        "--config-name", "countdown_tiny_cpu", f"data.train_files={train}",
         f"data.val_files={workdir / 'test.parquet'}", f"trainer.total_training_steps={steps}",
         "trainer.test_freq=-1", "trainer.save_freq=-1", f"trainer.default_local_dir={workdir / 'ckpt'}",
-        "trainer.logger=[console,file]",
+        "trainer.logger=[console,file]", *overrides,
     ]  # fmt: skip
     env = {
         **os.environ,
         "VERL_PLATFORM": "cpu",
         "VERL_FILE_LOGGER_PATH": str(metrics),
-        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "fixtures"), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
     }
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
@@ -76,12 +88,53 @@ def reflect_grpo_ms(repeats: int = 50) -> float:
     return min(samples)
 
 
+def replay_vs_generate(steps: int) -> None:
+    """Both attempt modes through the trainer, on one failure set."""
+    from omegaconf import OmegaConf
+
+    from verl_reflect import failures
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        write_toy_data(workdir, 16 * steps)
+        sys.path.insert(0, str(FIXTURES))  # build-failures scores toy_tasks in this process
+        failure_set = workdir / "failures.parquet"
+        failures.main(
+            ["--data", str(workdir / "train.parquet"), "--out", str(failure_set), "--k", "1",
+             "--agent-loop-config", str(AGENT_LOOPS)]
+        )  # fmt: skip
+        generate_loops = OmegaConf.load(AGENT_LOOPS)
+        for entry in generate_loops:
+            entry.pop("attempt", None)  # the loop's default: generate
+        OmegaConf.save(generate_loops, workdir / "generate.yaml")
+        results = {}
+        for mode, loops in (("generate", workdir / "generate.yaml"), ("replay", AGENT_LOOPS)):
+            override = f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}"
+            results[mode] = run_trainer(steps, workdir, failure_set, override)[1:]
+    keys = {
+        "generated tokens": "reflect/generated_tokens",
+        "rows that reflect": "reflect/reflected",
+        "rows with non-zero advantage": "reflect/rows_with_gradient",
+        "generation phase (s)": "timing_s/gen",
+        "step (s)": "timing_s/step",
+    }
+    print(f"\nattempt: generate vs replay, one failure set, median of steps 2..{steps} (16 trajectories a step)")
+    print(f"{'per step':<32}{'generate':>10}{'replay':>10}")
+    for title, key in keys.items():
+        generate, replay = (statistics.median(step[key] for step in results[mode]) for mode in ("generate", "replay"))
+        print(f"{title:<32}{generate:>10.2f}{replay:>10.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--replay", action="store_true", help="compare attempt: generate and replay instead")
     args = parser.parse_args()
+    if args.replay:
+        return replay_vs_generate(args.steps)
     with tempfile.TemporaryDirectory() as workdir:
-        steps = run_trainer(args.steps, Path(workdir))[1:]
+        write_toy_data(Path(workdir), 8 * args.steps)
+        steps = run_trainer(args.steps, Path(workdir), Path(workdir) / "train.parquet")[1:]
     median = {phase: statistics.median(s[f"timing_s/{phase}"] for s in steps) * 1e3 for phase in PHASES + ["step"]}
 
     tokenizer = build_tokenizer()
