@@ -213,9 +213,10 @@ def test_reflection_cut_by_the_budget(name, prompt_shape, monkeypatch):
     assert out.reward_score == 0.0
 
 
-@pytest.mark.parametrize("name", DEFAULT_BUILDER_FAMILIES)
+@pytest.mark.parametrize("name", EXACT_FAMILIES)
 def test_attempt_cut_by_its_cap_is_closed_as_the_template_closes_it(name, monkeypatch):
-    # verl's builders append the next user turn straight after a cut turn; the template closes the turn first.
+    # verl's builders (Qwen's too) append the next user turn straight after a cut turn; the template closes the
+    # turn first.
     family = Family(name)
     out, server, scored = family.run([WRONG, REFLECTION, RIGHT], monkeypatch, max_attempt_tokens=4)
 

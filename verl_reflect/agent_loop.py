@@ -39,7 +39,7 @@ from verl.utils.tokenizer.continuous_token import ContinuousTokenBuilder, MergeR
 from verl.workers.rollout.replica import TokenOutput
 
 from reward_fns import get_compute_score
-from verl_reflect.turn_boundary import TemplateTurnBoundary, turn_boundary_for
+from verl_reflect.turn_boundary import TemplateTurnBoundary, template_end_of_turn_id, turn_boundary_for
 
 logger = logging.getLogger(__file__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -319,9 +319,16 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         previous = list(traj.messages)
         messages = previous + [{"role": "user", "content": content}]
         if self.turn_boundary is None:
-            merge, mask, logprobs = await self.ct_merge_context_msg(
-                previous, messages, traj.token_ids, traj.mask, traj.logprobs
+            token_ids, mask, logprobs = traj.token_ids, traj.mask, traj.logprobs
+            end_of_turn = template_end_of_turn_id(
+                self.tokenizer, tuple(sorted(self.apply_chat_template_kwargs.items()))
             )
+            if end_of_turn is not None and token_ids[-1] != end_of_turn:
+                # A turn cut short by its token cap: the template closes it (mask 0, logprob 0); verl's builder
+                # would append the user turn straight after the last generated token.
+                token_ids, mask = token_ids + [end_of_turn], mask + [0]
+                logprobs = None if logprobs is None else logprobs + [0.0]
+            merge, mask, logprobs = await self.ct_merge_context_msg(previous, messages, token_ids, mask, logprobs)
         else:
             merge = await self.loop.run_in_executor(None, self._merge_user_turn_from_template, traj.token_ids, content)
             mask, logprobs = self.continuous_token_builder.align_response_metadata(merge, traj.mask, traj.logprobs)

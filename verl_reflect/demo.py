@@ -33,6 +33,7 @@ STEP_COLUMNS = {  # per-step metric -> column title
     "reflect/first_try_correct": "first try",
     "reflect/final_correct": "after reflection",
     "reflect/reflected": "reflected",
+    "reflect/replayed_attempt": "replayed",
     "reflect/reflection_tokens": "reflection tokens",
     "reflect/rows_with_gradient": "rows with gradient",
     "timing_s/step": "step (s)",

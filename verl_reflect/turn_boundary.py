@@ -21,6 +21,7 @@ turns, ...) fails that check, and the loop refuses to start rather than train on
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -50,9 +51,7 @@ class TemplateTurnBoundary:
         self.model_type = model_type
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self._user_turn_cache: dict[str, list[int]] = {}
-        special_ids = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
-        special_ids |= {int(i) for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special}
-        self._special_ids = special_ids
+        self._special_ids = _special_ids(tokenizer)
 
         # Both prompt shapes are checked; the system-message one (every task's) is the one used at run time.
         self.end_of_turn_id, self._prompt_ids, self._assistant_ids, user_turn_ids = self._probe_shape(
@@ -120,6 +119,36 @@ class TemplateTurnBoundary:
             f"{reason}. Reflections would be trained on a context the model never sees; use a chat template that "
             "renders each turn once and appends the next."
         )
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    special_ids = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
+    special_ids |= {int(i) for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special}
+    return special_ids
+
+
+@functools.lru_cache(maxsize=None)
+def template_end_of_turn_id(tokenizer: Any, chat_template_kwargs: tuple = ()) -> int | None:
+    """The special token the chat template closes an assistant turn with (``<|im_end|>`` for Qwen), or None.
+
+    For the families verl has a builder of its own: those builders close a turn only when the model did, so a
+    turn cut short by its token cap is followed directly by the next user turn, which the template never renders.
+    ``chat_template_kwargs`` is ``tuple(sorted(kwargs.items()))`` (cached per tokenizer and kwargs).
+    """
+    kwargs = dict(chat_template_kwargs)
+    try:
+        prompt = normalize_token_ids(
+            apply_chat_template(tokenizer, [_PROBE_USER], tokenize=True, add_generation_prompt=True, **kwargs)
+        )
+        turn = normalize_token_ids(
+            apply_chat_template(
+                tokenizer, [_PROBE_USER, _PROBE_ASSISTANT], tokenize=True, add_generation_prompt=False, **kwargs
+            )
+        )
+    except Exception:  # noqa: BLE001 - a template that rejects the probe: leave verl's builder as it is
+        return None
+    special_ids = _special_ids(tokenizer)
+    return next((token_id for token_id in turn[len(prompt) :] if token_id in special_ids), None)
 
 
 _BOUNDARIES: dict[tuple, TemplateTurnBoundary] = {}
