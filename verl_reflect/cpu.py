@@ -42,8 +42,10 @@ def _no_op(*args, **kwargs):
 
 # torch.cpu has synchronize/current_device/...; verl also calls the CUDA memory API on its device module.
 _CPU_DEVICE_MODULE = SimpleNamespace(
-    **{name: getattr(torch.cpu, name) for name in ("current_device", "device_count", "synchronize", "Stream")},
-    **{name: getattr(torch.cpu, name) for name in ("current_stream", "stream", "Event")},
+    **{
+        name: getattr(torch.cpu, name)
+        for name in ("current_device", "device_count", "synchronize", "Stream", "current_stream", "stream", "Event")
+    },
     is_available=lambda: True,
     set_device=_no_op,
     empty_cache=_no_op,
@@ -175,7 +177,6 @@ class HFServer:
     def __init__(self, model_path: str, max_batch_size: int):
         from verl_reflect.backend import HFBackend
 
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
         self.backend = HFBackend(model_path, device="cpu", max_batch_size=max_batch_size)
         self.global_steps: Optional[int] = None
 
