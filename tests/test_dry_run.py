@@ -103,6 +103,7 @@ def test_a_batch_that_does_not_divide_over_the_gpus_is_caught(capsys):
     code, lines = dry_run(capsys, "--config-name", "countdown_qwen2.5-1.5b", "trainer.n_gpus_per_node=6")
     assert_caught(code, lines, "batch arithmetic", "data.train_batch_size")
     assert "512 rows over 6 GPUs: not divisible" in line_of(lines, "batch arithmetic")
+    assert "a multiple of 3 (e.g. 66)" in line_of(lines, "batch arithmetic")
 
 
 def test_a_mini_batch_that_does_not_divide_the_batch_is_caught(capsys):

@@ -221,12 +221,12 @@ def check_batch_arithmetic(recipe: Recipe) -> Check:
         return failed(name, one_line(err), "set data.train_batch_size, rollout.n and the actor's batch sizes")
     where = f"{plan.prompts} prompts x {plan.group} = {plan.rows} rows over {plan.world_size} GPUs"
     if plan.rows % plan.world_size:
-        fitting = plan.world_size * math.ceil(plan.rows / plan.world_size) // plan.group
+        multiple = plan.world_size // math.gcd(plan.world_size, plan.group)  # prompts x n must split over the GPUs
         return failed(
             name,
             f"{where}: not divisible",
-            f"data.train_batch_size a multiple of {plan.world_size // math.gcd(plan.world_size, plan.group)}"
-            f" (e.g. {fitting}), or trainer.n_gpus_per_node dividing {plan.rows}",
+            f"data.train_batch_size a multiple of {multiple} (e.g. {multiple * math.ceil(plan.prompts / multiple)}),"
+            f" or a GPU count dividing {plan.rows}",
         )
     if plan.mini_batch > plan.prompts or plan.prompts % plan.mini_batch:
         return failed(
