@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from verl_reflect import cli, data
+from verl_reflect import dry_run as dry_run_module
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith("_"))
@@ -181,3 +182,28 @@ def test_every_shipped_recipe_passes_a_dry_run_with_a_real_trainer_step(recipe, 
     step = line_of(proc.stdout.splitlines(), "trainer step")
     assert step.startswith("✓ trainer step: 1 step of main_ppo on CPU"), step
     assert "Traceback" not in proc.stdout
+
+
+def test_a_data_train_files_override_is_the_data_checked(capsys, tmp_path):
+    rows = [{**row, "data_source": "sudoku"} for row in data.countdown_rows(2, seed=0, split="train")]
+    parquet = write_rows(tmp_path / "train.parquet", rows)
+    code, lines = dry_run(capsys, "--config-name", "countdown_qwen2.5-1.5b", f"data.train_files={parquet}")
+    assert_caught(code, lines, "verifiers", "reward_fns/sudoku.py")
+
+
+def test_the_cpu_step_runs_failure_set_rows_as_plain_rows():
+    # Stored attempts are token ids of the recipe's model: the tiny model cannot replay them.
+    row = {**data.countdown_rows(1, seed=0, split="train")[0], "agent_name": data.FAILURES_AGENT_NAME}
+    row[data.FAILED_ATTEMPTS] = [{"token_ids": [1, 2], "text": "x"}]
+    recipe = dry_run_module.Recipe(REPO, "r", [], cfg=None, rows=[row, row, row])
+    (plain,) = dry_run_module.step_rows(recipe, 1)
+    assert plain["agent_name"] == data.AGENT_NAME and data.FAILED_ATTEMPTS not in plain
+    assert plain["prompt"] == row["prompt"]
+
+
+def test_the_cpu_overrides_come_from_the_cpu_recipe():
+    overrides = dry_run_module.cpu_overrides()
+    assert "++actor_rollout_ref.rollout.name=hf" in overrides
+    assert "++trainer.device=cpu" in overrides
+    assert "++actor_rollout_ref.model.path=${verl_reflect.tiny_model:}" in overrides
+    assert "++actor_rollout_ref.model.use_remove_padding=false" in overrides

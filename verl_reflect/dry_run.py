@@ -667,11 +667,11 @@ def read_data(recipe: Recipe, rows: int) -> None:
         recipe.rows = generated_rows(task_of(recipe), rows)
         return
     if not recipe.data_path.is_file():
-        raise UserError(f"--data {recipe.data_path}: no such file")
+        raise UserError(f"{recipe.data_path}: no such file (the training data: --data or data.train_files)")
     try:
         recipe.rows = pq.read_table(recipe.data_path).to_pylist()
     except (pa.ArrowException, OSError) as err:
-        raise UserError(f"--data {recipe.data_path}: not a readable parquet file ({one_line(err)})") from None
+        raise UserError(f"{recipe.data_path}: not a readable parquet file ({one_line(err)})") from None
 
 
 def guarded(check, *args) -> Check:
@@ -733,7 +733,10 @@ def main(argv: list[str] | None = None) -> int:
         args.data = args.data.resolve()
         overrides = [o for o in overrides if override_key(o) != "data.train_files"] + [f"data.train_files={args.data}"]
     cfg = compose_recipe(config_dir, args.config_name, overrides)
-    for key in ("data.train_files", "data.val_files"):  # GPU recipes leave them to the command line
+    given = [o.split("=", 1)[1] for o in overrides if override_key(o) == "data.train_files"]
+    if args.data is None and given:  # data.train_files on the command line instead of --data: check that file
+        args.data = Path(given[-1]).absolute()
+    for key in ("data.train_files", "data.val_files"):  # a recipe that leaves them mandatory (???) still validates
         if OmegaConf.is_missing(cfg, key):
             OmegaConf.update(cfg, key, str(args.data or "dry-run-generated.parquet"))
     recipe = Recipe(config_dir, args.config_name, overrides, cfg, data_path=args.data)
