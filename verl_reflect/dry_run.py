@@ -21,6 +21,7 @@ import contextlib
 import difflib
 import importlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -723,6 +725,10 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The report is the output: verl's import-time notices (no accelerator, optional engines missing, critic
+    # disabled) say nothing about the recipe.
+    logging.getLogger("verl").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
     parser = build_parser()
     args, overrides = parser.parse_known_args(argv)
     unknown = [o for o in overrides if o.startswith("-")]
