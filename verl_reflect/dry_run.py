@@ -763,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
         step = skipped("trainer step", "skipped (fix the failures above first)")
     else:
         print("  (one main_ppo step on CPU: about 2 minutes on 2 cores)", flush=True)
-        step = check_trainer_step(recipe, args.rows, args.step_timeout)
+        step = guarded(check_trainer_step, recipe, args.rows, args.step_timeout)
     checks.append(step)
     print(step.line())
     print(gpu_summary(recipe.cfg))
