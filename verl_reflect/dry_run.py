@@ -624,11 +624,14 @@ def check_trainer_step(recipe: Recipe, rows: int, timeout: int) -> Check:
         what = ", ".join(not_finite) if not_finite else "no reflect/* metric"
         return failed(name, f"step 1 logged {what}; log: {log_path}", "check the trainer (trainer.v1.trainer_mode)")
     shutil.rmtree(out_dir, ignore_errors=True)
+    # The random tiny model rarely solves a retry, so a step often has no advantage to train on: say so, since
+    # then the actor update did not run (reflect_sync skips it).
+    update = "actor updated" if not reflect.get("reflect/skipped_update") else "actor update skipped (no gradient)"
     return passed(
         name,
         f"1 step of main_ppo on CPU in {seconds:.0f} s ({rows} prompts x n={step_group(recipe.cfg)}, "
         f"tiny model): reflected {reflect.get('reflect/reflected', float('nan')):.2f}, "
-        f"rows with gradient {reflect.get('reflect/rows_with_gradient', float('nan')):.2f}",
+        f"rows with gradient {reflect.get('reflect/rows_with_gradient', float('nan')):.2f}, {update}",
     )
 
 
