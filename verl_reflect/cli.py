@@ -4,6 +4,7 @@
     verl-reflect eval             first-try vs after-reflection accuracy, optionally two models side by side
     verl-reflect build-failures   keep the prompts a model fails (the paper's training set)
     verl-reflect data             write Countdown / function-calling parquet files
+    verl-reflect dry-run          check a recipe on a CPU before GPU time is spent
 
 Bad input (a missing model or file, a parquet without the needed columns, a task with no reward
 function) is one line on stderr and exit code 2.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from verl_reflect import data, demo, failures
+from verl_reflect import data, demo, dry_run, failures
 from verl_reflect import eval as eval_cmd  # not `eval`: that would shadow the builtin
 from verl_reflect.cli_support import run_command
 
@@ -22,6 +23,7 @@ COMMANDS = {
     "eval": (eval_cmd.main, "first-try vs after-reflection accuracy (optionally --compare-model)"),
     "build-failures": (failures.main, "keep the prompts a model fails, as a training parquet"),
     "data": (data.main, "write Countdown / function-calling parquet files"),
+    "dry-run": (dry_run.main, "check a recipe on this CPU before GPU time is spent: static checks, one trainer step"),
 }
 
 

@@ -1,0 +1,209 @@
+"""``verl-reflect dry-run``: every shipped recipe passes, and each class of mistake a shared recipe can carry is caught.
+
+The seeded mistakes run the static checks in this process (``--static-only``: none needs the trainer to show);
+the shipped recipes run the whole dry run, one real ``main_ppo`` step on CPU each (about 2 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from verl_reflect import cli, data
+from verl_reflect import dry_run as dry_run_module
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith("_"))
+
+
+def dry_run(capsys, *args: str) -> tuple[int, list[str]]:
+    """``verl-reflect dry-run --static-only <args>`` in this process: exit code and report lines."""
+    code = cli.main(["dry-run", "--static-only", *args])
+    return code, capsys.readouterr().out.splitlines()
+
+
+def line_of(lines: list[str], check: str) -> str:
+    (line,) = [line for line in lines if line[2:].startswith(f"{check}:")]
+    return line
+
+
+def assert_caught(code: int, lines: list[str], check: str, *fix_words: str) -> None:
+    """The named check failed with a fix naming ``fix_words``, the dry run exits non-zero, no other check crashed."""
+    line = line_of(lines, check)
+    assert code == 1
+    assert line.startswith("✗ ") and " — fix: " in line, line
+    fix = line.split(" — fix: ", 1)[1]
+    for word in fix_words:
+        assert word in fix, line
+    assert not any("the check itself failed" in other for other in lines), lines
+
+
+@pytest.fixture(autouse=True)
+def from_the_repo(monkeypatch, tiny_model_dir):
+    # The recipes' agent-loop paths are relative to the launch directory, as for main_ppo.
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_static_checks_pass_for_every_shipped_recipe(capsys, recipe):
+    code, lines = dry_run(capsys, "--config-name", recipe)
+    assert code == 0, "\n".join(lines)
+    assert not [line for line in lines if line.startswith("✗")]
+    assert lines[-2].startswith("on GPUs: world size ")
+
+
+def test_the_summary_says_what_the_gpu_run_does(capsys):
+    code, lines = dry_run(capsys, "--config-name", "countdown_qwen2.5-1.5b")
+    assert code == 0
+    # 64 prompts x 8 = 512 rows over 8 GPUs; a mini-batch of 32 x 8 = 256 rows is 32 per GPU, micro-batches of 8.
+    assert lines[-2] == (
+        "on GPUs: world size 8; 512 rows per step (64 prompts x 8); "
+        "at most 1,572,864 tokens per step (512 x (1024 + 2048)); 4 micro-batch(es) of 8 per GPU per mini-batch"
+    )
+    assert line_of(lines, "prompt lengths").startswith("- ")  # the Qwen tokenizer is not on this machine: skipped
+
+
+def test_a_wrong_agent_loop_path_is_caught(capsys):
+    code, lines = dry_run(
+        capsys,
+        "--config-name",
+        "countdown_qwen2.5-1.5b",
+        "actor_rollout_ref.rollout.agent.agent_loop_config_path=recipes/agent_loop/countdown.yaml",
+    )
+    assert_caught(code, lines, "agent-loop config", "recipes/agent_loops/countdown.yaml")
+
+
+def test_an_estimator_typo_is_caught_and_the_right_name_suggested(capsys):
+    code, lines = dry_run(capsys, "--config-name", "countdown_qwen2.5-1.5b", "algorithm.adv_estimator=reflect_grop")
+    assert_caught(code, lines, "estimator", "algorithm.adv_estimator=reflect_grpo")
+
+
+def test_a_data_source_without_a_verifier_is_caught(capsys, tmp_path):
+    rows = data.countdown_rows(3, seed=0, split="train")
+    rows[1]["data_source"] = "sudoku"
+    parquet = write_rows(tmp_path / "train.parquet", rows)
+    code, lines = dry_run(capsys, "--config-name", "countdown_qwen2.5-1.5b", "--data", str(parquet))
+    assert_caught(code, lines, "verifiers", "reward_fns/sudoku.py")
+    assert "'sudoku'" in line_of(lines, "verifiers")
+
+
+def test_a_batch_that_does_not_divide_over_the_gpus_is_caught(capsys):
+    # 64 prompts x 8 = 512 rows do not split over 6 GPUs.
+    code, lines = dry_run(capsys, "--config-name", "countdown_qwen2.5-1.5b", "trainer.n_gpus_per_node=6")
+    assert_caught(code, lines, "batch arithmetic", "data.train_batch_size")
+    assert "512 rows over 6 GPUs: not divisible" in line_of(lines, "batch arithmetic")
+    assert "a multiple of 3 (e.g. 66)" in line_of(lines, "batch arithmetic")
+
+
+def test_a_mini_batch_that_does_not_divide_the_batch_is_caught(capsys):
+    code, lines = dry_run(
+        capsys, "--config-name", "countdown_qwen2.5-1.5b", "actor_rollout_ref.actor.ppo_mini_batch_size=24"
+    )
+    assert_caught(code, lines, "batch arithmetic", "actor_rollout_ref.actor.ppo_mini_batch_size")
+
+
+def test_a_micro_batch_that_does_not_divide_a_gpus_mini_batch_is_caught(capsys):
+    # A mini-batch of 32 x 8 rows over 8 GPUs is 32 rows per GPU: micro-batches of 5 do not split it.
+    code, lines = dry_run(
+        capsys, "--config-name", "countdown_qwen2.5-1.5b", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=5"
+    )
+    assert_caught(code, lines, "batch arithmetic", "ppo_micro_batch_size_per_gpu one of [1, 2, 4, 8, 16, 32]")
+
+
+def test_a_response_budget_too_small_for_attempt_reflection_and_retry_is_caught(capsys):
+    # countdown.yaml caps attempts at 640 and reflections at 384: 640 + 384 + 640 alone exceed 1024.
+    code, lines = dry_run(capsys, "--config-name", "countdown_qwen2.5-1.5b", "data.max_response_length=1024")
+    assert_caught(code, lines, "response budget", "data.max_response_length=")
+
+
+def test_a_parquet_missing_a_column_is_caught(capsys, tmp_path):
+    rows = [{k: v for k, v in row.items() if k != "reward_model"} for row in data.countdown_rows(2, seed=0, split="t")]
+    parquet = write_rows(tmp_path / "train.parquet", rows)
+    code, lines = dry_run(capsys, "--config-name", "countdown_qwen2.5-1.5b", "--data", str(parquet))
+    assert_caught(code, lines, "data columns", "'reward_model'")
+    assert "reward_model is missing" in line_of(lines, "data columns")
+
+
+def test_a_parquet_column_of_the_wrong_type_is_caught(capsys, tmp_path):
+    rows = [{**row, "data_source": 7} for row in data.countdown_rows(2, seed=0, split="train")]
+    parquet = write_rows(tmp_path / "train.parquet", rows)
+    code, lines = dry_run(capsys, "--config-name", "countdown_qwen2.5-1.5b", "--data", str(parquet))
+    assert_caught(code, lines, "data columns", "data_source as strings")
+
+
+def test_a_prompt_longer_than_max_prompt_length_is_caught(capsys, tiny_model_dir):
+    # The tiny model's tokenizer is on this machine, so the check runs (the GPU recipes' are skipped offline).
+    code, lines = dry_run(
+        capsys,
+        "--config-name",
+        "countdown_qwen2.5-1.5b",
+        f"actor_rollout_ref.model.path={tiny_model_dir}",
+        "data.max_prompt_length=64",
+    )
+    assert_caught(code, lines, "prompt lengths", "data.max_prompt_length=")
+    assert "exceed data.max_prompt_length 64" in line_of(lines, "prompt lengths")
+
+
+def test_a_recipe_that_does_not_compose_is_one_line_and_exit_2(capsys):
+    code = cli.main(["dry-run", "--config-name", "no_such_recipe"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("verl-reflect: error: no recipe 'no_such_recipe'")
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_shipped_recipe_passes_a_dry_run_with_a_real_trainer_step(recipe, tiny_model_dir):
+    env = {
+        **os.environ,
+        "VERL_REFLECT_CACHE": str(tiny_model_dir.parent),  # the tiny model this test session already built
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "verl_reflect.cli", "dry-run", "--config-name", recipe],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    step = line_of(proc.stdout.splitlines(), "trainer step")
+    assert step.startswith("✓ trainer step: 1 step of main_ppo on CPU"), step
+    assert "Traceback" not in proc.stdout
+
+
+def test_a_data_train_files_override_is_the_data_checked(capsys, tmp_path):
+    rows = [{**row, "data_source": "sudoku"} for row in data.countdown_rows(2, seed=0, split="train")]
+    parquet = write_rows(tmp_path / "train.parquet", rows)
+    code, lines = dry_run(capsys, "--config-name", "countdown_qwen2.5-1.5b", f"data.train_files={parquet}")
+    assert_caught(code, lines, "verifiers", "reward_fns/sudoku.py")
+
+
+def test_the_cpu_step_runs_failure_set_rows_as_plain_rows():
+    # Stored attempts are token ids of the recipe's model: the tiny model cannot replay them.
+    row = {**data.countdown_rows(1, seed=0, split="train")[0], "agent_name": data.FAILURES_AGENT_NAME}
+    row[data.FAILED_ATTEMPTS] = [{"token_ids": [1, 2], "text": "x"}]
+    recipe = dry_run_module.Recipe(REPO, "r", [], cfg=None, rows=[row, row, row])
+    (plain,) = dry_run_module.step_rows(recipe, 1)
+    assert plain["agent_name"] == data.AGENT_NAME and data.FAILED_ATTEMPTS not in plain
+    assert plain["prompt"] == row["prompt"]
+
+
+def test_the_cpu_overrides_come_from_the_cpu_recipe():
+    overrides = dry_run_module.cpu_overrides()
+    assert "++actor_rollout_ref.rollout.name=hf" in overrides
+    assert "++trainer.device=cpu" in overrides
+    assert "++actor_rollout_ref.model.path=${verl_reflect.tiny_model:}" in overrides
+    assert "++actor_rollout_ref.model.use_remove_padding=false" in overrides
