@@ -33,7 +33,7 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 
 import verl_reflect.agent_loop as agent_loop
 import verl_reflect.register  # noqa: F401  (registers reflect_grpo)
-from verl_reflect import data, tiny
+from verl_reflect import data, recipe, tiny
 from verl_reflect import eval as ev
 from verl_reflect.backend import HFBackend
 from verl_reflect.failures import build_failures
@@ -85,21 +85,13 @@ def rows_with_gradient(outputs: list, uids: list[str]) -> float:
     return (advantages != 0).any(dim=-1).float().mean().item()
 
 
-def rollout_step(tokenizer, server: CountingServer, rows: list[dict], n: int, attempt: str) -> dict:
-    """One step's rollout: ``n`` trajectories per row, all in flight at once, as verl's AgentLoopWorker runs them."""
-    budget = ev.TINY_BUDGET
-    loop_kwargs = {
-        **agent_loop.standalone_kwargs(
-            tokenizer, prompt_length=budget.prompt_length, response_length=budget.response_length, hf_model_type="qwen2"
-        ),
-        "max_attempt_tokens": budget.max_attempt_tokens,
-        "max_reflection_tokens": budget.max_reflection_tokens,
-        "attempt": attempt,
-    }
+def rollout_step(runner: ev.Runner, server: CountingServer, rows: list[dict], n: int, attempt: str) -> dict:
+    """One step's rollout: ``n`` trajectories per row, all in flight at once, as verl's AgentLoopWorker runs them
+    (the tiny recipe's loop, built as the trainer builds it)."""
     sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": False}
 
     async def one(row: dict):
-        loop = agent_loop.ReflectRetryAgentLoop(server_manager=server, **loop_kwargs)
+        loop = runner.build_loop(server, attempt=attempt)
         # The kwargs verl passes: the dataset row's columns, with ``prompt`` as ``raw_prompt``.
         columns = {k: v for k, v in row.items() if k not in ("prompt", "agent_name")}
         return await loop.run(dict(sampling), raw_prompt=list(row["prompt"]), **columns)
@@ -112,7 +104,7 @@ def rollout_step(tokenizer, server: CountingServer, rows: list[dict], n: int, at
     outputs = asyncio.run(run_all())
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     uids = [f"p{i}" for i in range(len(rows)) for _ in range(n)]
-    assert all(len(out.response_ids) <= budget.response_length for out in outputs)
+    assert all(len(out.response_ids) <= runner.config.actor_rollout_ref.rollout.response_length for out in outputs)
     return {
         "generated_tokens": server.generated_tokens,
         "rows_with_gradient": rows_with_gradient(outputs, uids),
@@ -137,7 +129,8 @@ def main() -> None:
     torch.manual_seed(0)
     model_dir = tiny.default_model_dir()
     backend = HFBackend(model_dir, device="cpu", max_batch_size=args.batch * args.n)
-    runner = ev.Runner(ev.ModelSpec(model_dir, "tiny", ev.TINY_BUDGET), backend)
+    loop_recipe = ev.load_recipe(ev.build_parser().parse_args([]), recipe.training_sampling)  # countdown_tiny_cpu
+    runner = ev.Runner(ev.ModelSpec(model_dir, "tiny"), backend, loop_recipe)
     sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": False}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "failures.parquet"
@@ -147,17 +140,17 @@ def main() -> None:
     steps = args.steps
     server = CountingServer(backend)
     results: dict[str, list[dict]] = {"generate": [], "replay": []}
-    rollout_step(runner.tokenizer, server, failures[: args.batch], args.n, "generate")  # warm-up
+    rollout_step(runner, server, failures[: args.batch], args.n, "generate")  # warm-up
     for step in range(steps):
         # Cycling through the failure set like epochs do: every step samples its trajectories afresh.
         rows = [failures[(step * args.batch + i) % len(failures)] for i in range(args.batch)]
         # Alternate which mode goes first, so drift in machine load does not favour one.
         for attempt in ("generate", "replay") if step % 2 == 0 else ("replay", "generate"):
-            results[attempt].append(rollout_step(runner.tokenizer, server, rows, args.n, attempt))
+            results[attempt].append(rollout_step(runner, server, rows, args.n, attempt))
 
     setting = (
         f"tiny model, HFBackend on CPU ({torch.get_num_threads()} threads), {steps} steps x {args.batch} prompts "
-        f"x n={args.n}, turn caps {ev.TINY_BUDGET.max_attempt_tokens}/{ev.TINY_BUDGET.max_reflection_tokens}, "
+        f"x n={args.n}, turn caps {loop_recipe.entry.max_attempt_tokens}/{loop_recipe.entry.max_reflection_tokens}, "
         f"failure set: {len(failures)} of {args.prompts} prompts failed {args.k}/{args.k}"
     )
     print(setting)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from verl_reflect import cli, data
+from verl_reflect import cli, data, recipe
 from verl_reflect import eval as ev
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -262,7 +262,7 @@ def test_console_script_error_is_one_line(tmp_path):
 # ----------------------------------------------------------------------------- training's loop settings
 
 
-def test_agent_loop_config_gives_eval_the_recipes_settings_and_flags_override(tmp_path, tiny_default, capsys):
+def test_the_recipe_gives_eval_its_loop_settings_and_flags_override(tmp_path, tiny_default, capsys):
     config = tmp_path / "loop.yaml"
     config.write_text(
         "- name: reflect_retry\n"
@@ -272,7 +272,8 @@ def test_agent_loop_config_gives_eval_the_recipes_settings_and_flags_override(tm
         "  max_reflection_tokens: 3\n"
     )
     out_dir = tmp_path / "out"
-    args = ["eval", "--limit", "2", "--out-dir", str(out_dir), "--agent-loop-config", str(config)]
+    override = f"actor_rollout_ref.rollout.agent.agent_loop_config_path={config}"
+    args = ["eval", "--recipe", "countdown_tiny_cpu", override, "--limit", "2", "--out-dir", str(out_dir)]
     assert cli.main(args + ["--max-attempt-tokens", "4"]) == 0
     for r in _records(out_dir):
         # Random weights fail every time: two rounds from the YAML, turn caps from the YAML and the flag.
@@ -283,20 +284,42 @@ def test_agent_loop_config_gives_eval_the_recipes_settings_and_flags_override(tm
         assert max(n for kind, n in generated if kind != "reflection") == 4
 
 
-@pytest.mark.parametrize("task", ["countdown", "function_calling"])
-def test_the_shipped_agent_loop_configs_load(task):
-    config = Path(__file__).resolve().parents[1] / "recipes" / "agent_loops" / f"{task}.yaml"
-    args = ev.build_parser().parse_args(["--agent-loop-config", str(config)])
-    ev.apply_agent_loop_config(args)
-    assert args.max_reflections == 1 and args.max_attempt_tokens > 0 and args.max_reflection_tokens > 0
-    assert "reflect" in args.reflection_prompt.lower() and args.retry_prompt
+def test_flags_override_the_recipes_lengths_and_sampling(tiny_default):
+    argv = ["--recipe", "countdown_qwen2.5-1.5b", "actor_rollout_ref.rollout.val_kwargs.top_p=0.5"]
+    loop_recipe = ev.load_recipe(ev.build_parser().parse_args(argv), recipe.validation_sampling)
+    rollout = loop_recipe.config.actor_rollout_ref.rollout
+    assert (rollout.prompt_length, rollout.response_length) == (1024, 2048)
+    assert loop_recipe.entry.max_attempt_tokens == 640  # recipes/agent_loops/countdown.yaml
+    assert loop_recipe.sampling == {
+        "temperature": 0,  # the GPU recipes validate greedily (val_kwargs.do_sample: false)
+        "top_p": 1.0,
+        "top_k": -1,
+        "repetition_penalty": 1.0,
+        "logprobs": True,  # rollout.calculate_log_probs: the trainer asks for them
+    }
+    argv += ["--response-length", "300", "--temperature", "0.7", "--top-k", "5", "--max-reflection-tokens", "9"]
+    loop_recipe = ev.load_recipe(ev.build_parser().parse_args(argv), recipe.validation_sampling)
+    assert loop_recipe.config.actor_rollout_ref.rollout.response_length == 300
+    assert loop_recipe.entry.max_reflection_tokens == 9
+    assert (loop_recipe.sampling["temperature"], loop_recipe.sampling["top_k"]) == (0.7, 5)
+    # build-failures samples as a training step does.
+    training = ev.load_recipe(ev.build_parser().parse_args(argv[:2]), recipe.training_sampling)
+    assert training.sampling["temperature"] == 1.0
 
 
-def test_agent_loop_config_errors_are_one_line(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--recipe", "no_such_recipe"], "no recipe 'no_such_recipe'"),
+        (["--recipe", "countdown_tiny_cpu", "actor_rollout_ref.no_such_key=1"], "recipe countdown_tiny_cpu:"),
+        (["actor_rollout_ref.rollout.agent.agent_loop_config_path=/no/such.yaml"], "not found"),
+        (["actor_rollout_ref.rollout.agent.agent_loop_config_path={bad}"], "no agent loop named reflect_retry"),
+    ],
+)
+def test_recipe_errors_are_one_line(tmp_path, tiny_default, capsys, argv, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text("- name: tool_agent\n")
-    for path, message in ((tmp_path / "missing.yaml", "no such file"), (bad, "no agent loop named reflect_retry")):
-        assert cli.main(["eval", "--agent-loop-config", str(path), "--out-dir", str(tmp_path / "o")]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0]
+    argv = [arg.format(bad=bad) for arg in argv]
+    rc = cli.main(["eval", *argv, "--out-dir", str(tmp_path / "o")])
+    _assert_one_line_error(capsys, rc, message)
     assert not (tmp_path / "o").exists()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
 
 import pytest
 from verl.workers.rollout.replica import TokenOutput
 
-from verl_reflect import cli, data
+from verl_reflect import cli, data, recipe
 from verl_reflect import eval as ev
 from verl_reflect.cli_support import UserError
 from verl_reflect.failures import build_failures, keep_failures
@@ -30,6 +29,18 @@ def _row(a: int, b: int, index: int) -> dict:
         "extra_info": {"index": index, "split": "train"},
         "agent_name": data.AGENT_NAME,
     }
+
+
+def _runner(model_dir, backend, *flags: str) -> ev.Runner:
+    """A runner of the default (tiny) recipe with ``flags`` applied, generating with ``backend``."""
+    loop_recipe = ev.load_recipe(ev.build_parser().parse_args(list(flags)), recipe.training_sampling)
+    return ev.Runner(ev.ModelSpec(model_dir, "scripted"), backend, loop_recipe)
+
+
+@pytest.fixture(autouse=True)
+def tiny_cache(tiny_model_dir, monkeypatch):
+    """The tiny recipe names the tiny model: reuse the session's build instead of building into ~/.cache."""
+    monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
 
 
 def _tokenizer(model_dir):
@@ -90,8 +101,7 @@ def rows() -> list[dict]:
 def test_threshold_is_exact(tmp_path, tiny_model_dir, rows, capsys, max_success_rate, kept_sources, keep_attempts):
     tokenizer = _tokenizer(tiny_model_dir)
     backend = ScriptedBackend(tokenizer, SCRIPT)
-    budget = dataclasses.replace(ev.TINY_BUDGET, max_attempt_tokens=128)  # room for a one-token-per-character answer
-    runner = ev.Runner(ev.ModelSpec(tiny_model_dir, "scripted", budget), backend)
+    runner = _runner(tiny_model_dir, backend, "--max-attempt-tokens", "128")  # room for one token per character
     out = tmp_path / "failures.parquet"
     sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": False}
     kept = build_failures(
@@ -155,7 +165,7 @@ def test_keep_failures_stores_failed_attempts_in_sampling_order():
 
 def test_nothing_kept_writes_nothing(tmp_path, tiny_model_dir, rows):
     backend = ScriptedBackend(_tokenizer(tiny_model_dir), {a: [True] * K for a in SCRIPT})
-    runner = ev.Runner(ev.ModelSpec(tiny_model_dir, "scripted", ev.TINY_BUDGET), backend)
+    runner = _runner(tiny_model_dir, backend)
     out = tmp_path / "f.parquet"
     with pytest.raises(UserError, match="kept 0 of 4"):
         build_failures(runner, rows, out, {"temperature": 1.0}, k=K, max_success_rate=0, concurrency=2)

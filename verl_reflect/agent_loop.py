@@ -217,7 +217,7 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         if len(token_ids) > cap:
             raise ValueError(
                 f"attempt=replay: {where}'s stored attempt has {len(token_ids)} tokens, over this loop's attempt "
-                f"cap of {cap}: build the failure set with the recipe's --agent-loop-config"
+                f"cap of {cap}: build the failure set with this recipe (build-failures --recipe)"
             )
         return {**first, "token_ids": token_ids}
 

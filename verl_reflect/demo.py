@@ -28,7 +28,7 @@ from verl_reflect.cli_support import ArgumentParser, UserError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 RECIPE = "countdown_tiny_cpu"
-AGENT_LOOP_CONFIG = RECIPES / "agent_loops" / "countdown_tiny.yaml"
+AGENT_LOOP_CONFIG = RECIPES / "agent_loops" / "countdown_tiny.yaml"  # absolute: main_ppo runs from any directory
 STEP_COLUMNS = {  # per-step metric -> column title
     "reflect/first_try_correct": "first try",
     "reflect/final_correct": "after reflection",
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             str(failure_set),
             "--k",
             "2",
-            "--agent-loop-config",
-            str(AGENT_LOOP_CONFIG),
+            "--recipe",
+            RECIPE,
             "--seed",
             str(args.seed),
         ]
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             str(checkpoint),
             "--data",
             str(out_dir / "data" / "test.parquet"),
-            "--agent-loop-config",
-            str(AGENT_LOOP_CONFIG),
+            "--recipe",
+            RECIPE,
             "--out-dir",
             str(out_dir),
         ]

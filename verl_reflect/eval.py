@@ -1,17 +1,21 @@
 """Evaluate reflect-retry: the paper's table of first-try accuracy vs accuracy after one reflection.
 
-    verl-reflect eval [--model DIR [--compare-model DIR]] [--data test.parquet] [--out-dir eval_out]
+    verl-reflect eval [--recipe NAME [KEY=VALUE ...]] [--model DIR [--compare-model DIR]] [--data test.parquet]
+        [--out-dir eval_out]
     python -m verl_reflect.eval ...
 
-Every row runs through the same ``ReflectRetryAgentLoop`` that verl trains with (attempt; on failure
-reflect, then retry), on a backend from ``verl_reflect.backend`` instead of verl's rollout servers.
+Every row runs through the loop verl trains with (attempt; on failure reflect, then retry), built from the
+recipe exactly as verl's AgentLoopWorker builds it (``verl_reflect.recipe``): the recipe's ``reflect_retry``
+entry, its prompt/response lengths and its validation sampling (``rollout.val_kwargs``); flags override them.
+Generation runs on a backend from ``verl_reflect.backend`` instead of verl's rollout servers.
 Each finished trajectory is appended to ``<out-dir>/trajectories.jsonl`` at once, keyed by model
 label and ``index`` (the row's position in the data), so a re-run (or a run after Ctrl-C) skips the
 rows already there; the table and ``<out-dir>/accuracy.png`` are computed from the whole file.
-With no ``--model`` the embedded random tiny model runs (a smoke test: its accuracy is ~0); with no
-``--data``, a small Countdown test split is generated in memory.
+``--model`` picks the model directory; without it the recipe's ``actor_rollout_ref.model.path`` runs. The
+default recipe, ``countdown_tiny_cpu``, names the embedded random tiny model (a smoke test: its accuracy is ~0)
+and its small turn caps. With no ``--data``, a small Countdown test split is generated in memory.
 
-This module also holds what ``build-failures`` shares with ``eval``: the model, data and sampling
+This module also holds what ``build-failures`` shares with ``eval``: the recipe, model, data and sampling
 arguments, row loading and validation, and running trajectories concurrently with a progress bar.
 """
 
@@ -23,14 +27,14 @@ import hashlib
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from reward_fns import get_compute_score
-from verl_reflect import data, tiny
+from verl_reflect import data, recipe, tiny
 from verl_reflect.backend import BACKENDS, check_model_dir, make_backend
 from verl_reflect.cli_support import ArgumentParser, UserError, atomic_path, positive_int, run_command
 
@@ -40,81 +44,84 @@ JSONL_NAME = "trajectories.jsonl"
 PNG_NAME = "accuracy.png"
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Token caps: per turn, and for the whole prompt / response as verl's rollout config sees them."""
-
-    max_attempt_tokens: int
-    max_reflection_tokens: int
-    prompt_length: int
-    response_length: int
-
-
-# The tiny model writes noise, so short turns keep the smoke test fast. A real model needs room to
-# think: attempt + reflection + retry + two user turns fit in the response with one reflection.
-TINY_BUDGET = Budget(max_attempt_tokens=32, max_reflection_tokens=24, prompt_length=512, response_length=256)
-MODEL_BUDGET = Budget(max_attempt_tokens=1024, max_reflection_tokens=512, prompt_length=1024, response_length=4096)
-
-
 # -----------------------------------------------------------------------------
-# Shared with build-failures: arguments, model, rows, sampling, running trajectories.
+# Shared with build-failures: arguments, recipe, model, rows, sampling, running trajectories.
 
 
-def add_run_args(parser: argparse.ArgumentParser, *, temperature: float) -> None:
-    """The model, data, sampling and budget arguments of ``eval`` and ``build-failures``."""
-    parser.add_argument("--model", help="local Hugging Face model directory (default: the embedded random tiny model)")
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """The recipe, model, data, sampling and budget arguments of ``eval`` and ``build-failures``.
+
+    Every loop and sampling setting comes from the recipe; a flag given overrides it (after the Hydra overrides).
+    """
+    parser.add_argument(
+        "--recipe",
+        help="a recipe in recipes/ or a recipe YAML: the loop, its prompts, caps, lengths and sampling as training"
+        f" runs them (default: {recipe.DEFAULT_RECIPE}, the embedded tiny model's)",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides of the recipe, as main_ppo")
+    parser.add_argument("--model", help="local Hugging Face model directory (default: the recipe's model path)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: vLLM if installed, with a GPU")
     parser.add_argument("--data", type=Path, help=f"verl RL parquet (default: {DEFAULT_TEST_ROWS} Countdown problems)")
     parser.add_argument("--limit", type=positive_int, help="use only the first N rows")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated Countdown split")
     parser.add_argument("--concurrency", type=positive_int, default=16, help="trajectories in flight (HF: batch size)")
-    parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=-1, help="-1 = off")
-    parser.add_argument("--max-attempt-tokens", type=positive_int, help="cap per attempt/retry (tiny: 32, else 1024)")
-    parser.add_argument("--prompt-length", type=positive_int, help="verl rollout.prompt_length (tiny: 512, else 1024)")
-    parser.add_argument("--response-length", type=positive_int, help="rollout.response_length (tiny: 256, else 4096)")
-    parser.add_argument(
-        "--agent-loop-config",
-        type=Path,
-        help="a recipe's agent-loop YAML (recipes/agent_loops/<task>.yaml): run the loop with training's settings",
-    )
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default: the recipe's)")
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--top-k", type=int, help="-1 = off")
+    parser.add_argument("--max-attempt-tokens", type=positive_int, help="cap per attempt/retry")
+    parser.add_argument("--max-reflection-tokens", type=positive_int, help="cap per reflection")
+    parser.add_argument("--prompt-length", type=positive_int, help="verl's rollout.prompt_length")
+    parser.add_argument("--response-length", type=positive_int, help="verl's rollout.response_length")
 
 
-# The ReflectRetryAgentLoop kwargs a recipe's agent-loop YAML sets and the command line can override. Not
-# ``attempt``: eval and build-failures measure first tries, so they always generate them.
-LOOP_SETTINGS = ("reflection_prompt", "retry_prompt", "max_reflections", "max_attempt_tokens", "max_reflection_tokens")
+# Flags that override the recipe's agent-loop entry (ReflectRetryAgentLoop kwargs), its rollout section, and the
+# sampling params. Not ``attempt``: eval and build-failures measure first tries, so they always generate them.
+ENTRY_FLAGS = ("reflection_prompt", "retry_prompt", "max_reflections", "max_attempt_tokens", "max_reflection_tokens")
+ROLLOUT_FLAGS = ("prompt_length", "response_length")
+SAMPLING_FLAGS = ("temperature", "top_p", "top_k")
 
 
-def apply_agent_loop_config(args: argparse.Namespace) -> None:
-    """Fill the loop settings not given on the command line from ``--agent-loop-config``, so that eval and
-    build-failures run the loop with the prompts and caps the recipe trains with."""
-    path = args.agent_loop_config
-    if path is None:
-        return
-    from omegaconf import OmegaConf
+@dataclass(frozen=True)
+class LoopRecipe:
+    """What a run takes from its recipe: the trainer config and the ``reflect_retry`` entry (flags applied), and
+    the sampling params."""
 
-    try:
-        entries = OmegaConf.to_container(OmegaConf.load(path))
-        entries = entries if isinstance(entries, list) else []
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except Exception as err:  # noqa: BLE001 - any YAML error is the user's file, not our bug
-        raise UserError(f"{path}: not valid YAML ({type(err).__name__})") from None
-    matches = [e for e in entries if isinstance(e, dict) and e.get("name") == "reflect_retry"]
-    entry = matches[-1] if matches else None  # verl's registry keeps the last entry of a name
-    if entry is None:
-        raise UserError(f"{path}: no agent loop named reflect_retry (a YAML list of {{name, _target_, ...}})")
-    for key in LOOP_SETTINGS:
-        if key in entry and getattr(args, key, None) is None:
-            setattr(args, key, entry[key])
+    name: str
+    config: Any  # the composed DictConfig
+    entry: Any  # the agent-loop YAML entry (a DictConfig)
+    sampling: dict[str, Any]
+
+
+def load_recipe(args: argparse.Namespace, sampling: Callable[[Any], dict[str, Any]]) -> LoopRecipe:
+    """Compose ``args.recipe`` with its overrides and apply the flags given; ``sampling`` picks the recipe's
+    sampling section (``recipe.validation_sampling`` or ``recipe.training_sampling``)."""
+    name = args.recipe or recipe.DEFAULT_RECIPE
+    if args.model is not None:
+        check_model_dir(args.model)  # before composing: a wrong path is the likelier mistake, and this one is fast
+    if args.recipe is None and args.model is not None:
+        print(f"note: no --recipe: {args.model} runs with {name}'s loop settings (short turns)", file=sys.stderr)
+    overrides = list(args.overrides)
+    if args.model is not None:  # as main_ppo's actor_rollout_ref.model.path=<dir>, after the user's overrides
+        overrides.append(f"actor_rollout_ref.model.path={recipe.hydra_quote(args.model)}")
+    cfg = recipe.compose(name, overrides)
+    entry = recipe.agent_loop_entry(cfg, name)
+    for name in ENTRY_FLAGS:
+        if getattr(args, name, None) is not None:
+            entry[name] = getattr(args, name)
+    for name in ROLLOUT_FLAGS:
+        if getattr(args, name, None) is not None:
+            cfg.actor_rollout_ref.rollout[name] = getattr(args, name)
+    params = sampling(cfg)
+    params.update({name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name, None) is not None})
+    if entry.get("max_reflections", 0) < 0:
+        raise UserError(f"max_reflections must be >= 0, got {entry.max_reflections}")
+    return LoopRecipe(name, cfg, entry, params)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     path: Path
     label: str
-    budget: Budget
 
 
 def checkpoint_label(path: Path) -> str:
@@ -124,24 +131,18 @@ def checkpoint_label(path: Path) -> str:
     return path.name
 
 
-def resolve_models(paths: list[str | None], args: argparse.Namespace) -> list[ModelSpec]:
-    """Model directories (None = the embedded tiny model) with table labels and budgets; checks paths first."""
-    resolved = [None if p is None else check_model_dir(p) for p in paths]
-    labels = [TINY_LABEL if p is None else checkpoint_label(p) for p in resolved]
+def resolve_models(paths: list[str | None], loop_recipe: LoopRecipe) -> list[ModelSpec]:
+    """Model directories (None = the recipe's ``actor_rollout_ref.model.path``, which ``--model`` overrides) with
+    table labels; checks paths first."""
+    recipe_model = loop_recipe.config.actor_rollout_ref.model.path
+    is_tiny = [p is None and Path(recipe_model) == tiny.cached_model_path() for p in paths]
+    resolved = [check_model_dir(recipe_model if p is None else p) for p in paths]
+    labels = [TINY_LABEL if tiny_ else checkpoint_label(p) for p, tiny_ in zip(resolved, is_tiny)]
     if len(set(labels)) < len(labels):  # e.g. two checkpoints both named "huggingface": use whole paths
-        labels = [TINY_LABEL if p is None else str(p) for p in resolved]
+        labels = [TINY_LABEL if tiny_ else str(p) for p, tiny_ in zip(resolved, is_tiny)]
     if len(set(labels)) < len(labels):
         raise UserError("--compare-model is the same model as --model")
-    specs = []
-    for path, label in zip(resolved, labels):
-        budget = TINY_BUDGET if path is None else MODEL_BUDGET
-        overrides = {
-            field: getattr(args, field)
-            for field in ("max_attempt_tokens", "max_reflection_tokens", "prompt_length", "response_length")
-            if getattr(args, field, None) is not None
-        }
-        specs.append(ModelSpec(path or tiny.default_model_dir(), label, replace(budget, **overrides)))
-    return specs
+    return [ModelSpec(path, label) for path, label in zip(resolved, labels)]
 
 
 def load_rows(path: Path | None, *, limit: int | None, seed: int) -> list[dict]:
@@ -159,17 +160,6 @@ def load_rows(path: Path | None, *, limit: int | None, seed: int) -> list[dict]:
         except ValueError as err:
             raise UserError(f"{path or 'data'}: {err}") from None
     return rows
-
-
-def sampling_params(args: argparse.Namespace) -> dict[str, Any]:
-    """The sampling dict verl's AgentLoopWorker would send (the loop adds ``max_tokens`` per turn)."""
-    return {
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "top_k": args.top_k,
-        "repetition_penalty": 1.0,
-        "logprobs": False,
-    }
 
 
 def prompt_key(row: dict) -> str:
@@ -203,26 +193,32 @@ class Runner:
     """``ReflectRetryAgentLoop`` trajectories of one model, generated by ``backend`` (``make_backend``'s, or
     any object with verl's server-manager ``generate``)."""
 
-    def __init__(self, spec: ModelSpec, backend: Any, **loop_kwargs: Any):
+    def __init__(self, spec: ModelSpec, backend: Any, loop_recipe: LoopRecipe, **loop_kwargs: Any):
         # verl takes ~10 s to import: import it once a run really starts, not for --help or a bad argument.
+        from omegaconf import OmegaConf
         from transformers import AutoConfig, AutoTokenizer
-
-        from verl_reflect.agent_loop import ReflectRetryAgentLoop, standalone_kwargs
 
         self.spec = spec
         self.backend = backend
         self.tokenizer = AutoTokenizer.from_pretrained(spec.path)
-        self._loop_cls = ReflectRetryAgentLoop
-        self._loop_kwargs = dict(
-            **standalone_kwargs(
-                self.tokenizer,
-                prompt_length=spec.budget.prompt_length,
-                response_length=spec.budget.response_length,
-                hf_model_type=AutoConfig.from_pretrained(spec.path).model_type,
-            ),
-            max_attempt_tokens=spec.budget.max_attempt_tokens,
-            max_reflection_tokens=spec.budget.max_reflection_tokens,
-            **loop_kwargs,
+        # The recipe's config with this model in it, as the trainer would run it with model.path=<spec.path>.
+        self.config = loop_recipe.config.copy()
+        OmegaConf.update(self.config, "actor_rollout_ref.model.path", str(spec.path))
+        self.entry = loop_recipe.entry
+        self.hf_model_type = AutoConfig.from_pretrained(spec.path).model_type
+        self.dataset_cls = recipe.dataset_class(self.config)
+        self._loop_kwargs = loop_kwargs
+
+    def build_loop(self, server_manager: Any, **loop_kwargs: Any):
+        """The recipe's loop for this model, built as verl's AgentLoopWorker builds it (inside the running loop)."""
+        return recipe.build_loop(
+            self.config,
+            self.entry,
+            server_manager=server_manager,
+            tokenizer=self.tokenizer,
+            hf_model_type=self.hf_model_type,
+            dataset_cls=self.dataset_cls,
+            **{**self._loop_kwargs, **loop_kwargs},
         )
 
     def close(self) -> None:
@@ -238,7 +234,7 @@ class Runner:
         the backend generated, as the loop kept them (what ``build-failures`` stores for replay)."""
         server = _RecordingServer(self.backend) if keep_token_ids else self.backend
         # Built here, inside the running event loop, which AgentLoopBase captures.
-        loop = self._loop_cls(server_manager=server, **{**self._loop_kwargs, **loop_kwargs})
+        loop = self.build_loop(server, **loop_kwargs)
         out = await loop.run(
             dict(sampling),
             raw_prompt=list(row["prompt"]),
@@ -462,25 +458,14 @@ def report(labels: list[str], jsonl: Path, out_dir: Path) -> dict[str, dict[str,
 
 def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """The whole command, given parsed arguments (``demo`` calls it too)."""
-    apply_agent_loop_config(args)
-    if args.max_reflections is not None and args.max_reflections < 0:
-        raise UserError(f"--max-reflections must be >= 0, got {args.max_reflections}")
     rows = load_rows(args.data, limit=args.limit, seed=args.seed)
-    specs = resolve_models([args.model] + ([args.compare_model] if args.compare_model else []), args)
+    loop_recipe = load_recipe(args, recipe.validation_sampling)
+    specs = resolve_models([args.model] + ([args.compare_model] if args.compare_model else []), loop_recipe)
     jsonl = args.out_dir / JSONL_NAME
-    # Unset settings are left to the loop's own defaults (its constructor is their one place).
-    settings = ("reflection_prompt", "retry_prompt", "max_reflections")
-    loop_kwargs = {name: getattr(args, name) for name in settings if getattr(args, name) is not None}
     for spec in specs:
-        runner = Runner(spec, make_backend(spec.path, args.backend, max_batch_size=args.concurrency), **loop_kwargs)
+        runner = Runner(spec, make_backend(spec.path, args.backend, max_batch_size=args.concurrency), loop_recipe)
         try:
-            evaluate(
-                runner,
-                rows,
-                jsonl,
-                sampling=sampling_params(args),
-                concurrency=args.concurrency,
-            )
+            evaluate(runner, rows, jsonl, sampling=loop_recipe.sampling, concurrency=args.concurrency)
         finally:
             runner.close()
             del runner  # free this model before the next one loads
@@ -489,13 +474,12 @@ def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 def build_parser(prog: str = "verl-reflect eval") -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    add_run_args(parser, temperature=0.0)
+    add_run_args(parser)
     parser.add_argument("--compare-model", help="a second model (e.g. the trained checkpoint): one column each")
     parser.add_argument("--out-dir", type=Path, default=Path("eval_out"), help=f"{JSONL_NAME} and {PNG_NAME} go here")
-    parser.add_argument("--max-reflections", type=int, help="reflect-retry rounds after a failed attempt (default 1)")
-    parser.add_argument("--max-reflection-tokens", type=positive_int, help="cap per reflection (tiny: 24, else 512)")
-    parser.add_argument("--reflection-prompt", help="override the loop's reflection request")
-    parser.add_argument("--retry-prompt", help="override the loop's retry request")
+    parser.add_argument("--max-reflections", type=int, help="reflect-retry rounds after a failed attempt")
+    parser.add_argument("--reflection-prompt", help="override the recipe's reflection request")
+    parser.add_argument("--retry-prompt", help="override the recipe's retry request")
     return parser
 
 
