@@ -33,7 +33,7 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 
 import verl_reflect.agent_loop as agent_loop
 import verl_reflect.register  # noqa: F401  (registers reflect_grpo)
-from verl_reflect import data, recipe, tiny
+from verl_reflect import data, recipe, runner, tiny
 from verl_reflect import eval as ev
 from verl_reflect.backend import HFBackend
 from verl_reflect.failures import build_failures
@@ -85,13 +85,13 @@ def rows_with_gradient(outputs: list, uids: list[str]) -> float:
     return (advantages != 0).any(dim=-1).float().mean().item()
 
 
-def rollout_step(runner: ev.Runner, server: CountingServer, rows: list[dict], n: int, attempt: str) -> dict:
+def rollout_step(model_runner: runner.Runner, server: CountingServer, rows: list[dict], n: int, attempt: str) -> dict:
     """One step's rollout: ``n`` trajectories per row, all in flight at once, as verl's AgentLoopWorker runs them
     (the tiny recipe's loop, built as the trainer builds it)."""
     sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": False}
 
     async def one(row: dict):
-        loop = runner.build_loop(server, attempt=attempt)
+        loop = model_runner.build_loop(server, attempt=attempt)
         # The kwargs verl passes: the dataset row's columns, with ``prompt`` as ``raw_prompt``.
         columns = {k: v for k, v in row.items() if k not in ("prompt", "agent_name")}
         return await loop.run(dict(sampling), raw_prompt=list(row["prompt"]), **columns)
@@ -104,7 +104,9 @@ def rollout_step(runner: ev.Runner, server: CountingServer, rows: list[dict], n:
     outputs = asyncio.run(run_all())
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     uids = [f"p{i}" for i in range(len(rows)) for _ in range(n)]
-    assert all(len(out.response_ids) <= runner.config.actor_rollout_ref.rollout.response_length for out in outputs)
+    assert all(
+        len(out.response_ids) <= model_runner.config.actor_rollout_ref.rollout.response_length for out in outputs
+    )
     return {
         "generated_tokens": server.generated_tokens,
         "rows_with_gradient": rows_with_gradient(outputs, uids),
@@ -129,24 +131,26 @@ def main() -> None:
     torch.manual_seed(0)
     model_dir = tiny.default_model_dir()
     backend = HFBackend(model_dir, device="cpu", max_batch_size=args.batch * args.n)
-    loop_recipe = ev.load_recipe(ev.build_parser().parse_args([]), recipe.training_sampling)  # countdown_tiny_cpu
-    runner = ev.Runner(ev.ModelSpec(model_dir, "tiny"), backend, loop_recipe)
+    loop_recipe = recipe.load_recipe(ev.build_parser().parse_args([]), recipe.training_sampling)  # countdown_tiny_cpu
+    model_runner = runner.Runner(runner.ModelSpec(model_dir, "tiny"), backend, loop_recipe)
     sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": False}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "failures.parquet"
         source = data.countdown_rows(args.prompts, seed=0, split="train")
-        build_failures(runner, source, out, sampling, k=args.k, max_success_rate=0.0, concurrency=args.batch * args.n)
+        build_failures(
+            model_runner, source, out, sampling, k=args.k, max_success_rate=0.0, concurrency=args.batch * args.n
+        )
         failures = data.read_rows(out)
     steps = args.steps
     server = CountingServer(backend)
     results: dict[str, list[dict]] = {"generate": [], "replay": []}
-    rollout_step(runner, server, failures[: args.batch], args.n, "generate")  # warm-up
+    rollout_step(model_runner, server, failures[: args.batch], args.n, "generate")  # warm-up
     for step in range(steps):
         # Cycling through the failure set like epochs do: every step samples its trajectories afresh.
         rows = [failures[(step * args.batch + i) % len(failures)] for i in range(args.batch)]
         # Alternate which mode goes first, so drift in machine load does not favour one.
         for attempt in ("generate", "replay") if step % 2 == 0 else ("replay", "generate"):
-            results[attempt].append(rollout_step(runner, server, rows, args.n, attempt))
+            results[attempt].append(rollout_step(model_runner, server, rows, args.n, attempt))
 
     setting = (
         f"tiny model, HFBackend on CPU ({torch.get_num_threads()} threads), {steps} steps x {args.batch} prompts "

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from verl_reflect import cli, data, recipe
+from verl_reflect import cli, data, recipe, report, runner, store
 from verl_reflect import eval as ev
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -32,18 +32,18 @@ def tiny_default(tiny_model_dir, monkeypatch):
 def count_trajectories(monkeypatch):
     """Count the trajectories really generated (not skipped by resuming)."""
     calls = []
-    original = ev.Runner.trajectory
+    original = runner.Runner.trajectory
 
     async def counted(self, row, sampling, **loop_kwargs):
         calls.append(row["prompt"][-1]["content"])
         return await original(self, row, sampling, **loop_kwargs)
 
-    monkeypatch.setattr(ev.Runner, "trajectory", counted)
+    monkeypatch.setattr(runner.Runner, "trajectory", counted)
     return calls
 
 
 def _records(out_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (out_dir / ev.JSONL_NAME).read_text().splitlines()]
+    return [json.loads(line) for line in (out_dir / store.JSONL_NAME).read_text().splitlines()]
 
 
 def _table_value(stdout: str, row_name: str) -> list[str]:
@@ -62,7 +62,7 @@ def test_eval_end_to_end_on_the_tiny_model(tmp_path, tiny_default, capsys):
     records = _records(tmp_path)
     assert sorted(r["index"] for r in records) == [0, 1, 2]
     for r in records:
-        assert r["model"] == ev.TINY_LABEL and r["data_source"] == "countdown"
+        assert r["model"] == runner.TINY_LABEL and r["data_source"] == "countdown"
         assert r["turns"][0]["kind"] == "attempt" and isinstance(r["turns"][0]["text"], str)
         if r["first_try_correct"]:
             continue
@@ -75,7 +75,7 @@ def test_eval_end_to_end_on_the_tiny_model(tmp_path, tiny_default, capsys):
         # Exactly the reflection carries mask=1.
         assert [(kind, masked == n) for kind, n, masked in r["layout"] if masked] == [("reflection", True)]
         assert sum(n for _, n, _ in r["layout"]) == r["response_tokens"]
-    assert (tmp_path / ev.PNG_NAME).read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / report.PNG_NAME).read_bytes()[:8] == PNG_MAGIC
 
 
 def test_resume_runs_only_new_rows_and_survives_a_torn_line(tmp_path, tiny_default, count_trajectories, capsys):
@@ -83,19 +83,19 @@ def test_resume_runs_only_new_rows_and_survives_a_torn_line(tmp_path, tiny_defau
     assert cli.main(args + ["--limit", "4"]) == 0
     assert len(count_trajectories) == 4
     assert _table_value(capsys.readouterr().out, "N") == ["4"]
-    first = (tmp_path / ev.JSONL_NAME).read_text().splitlines()
+    first = (tmp_path / store.JSONL_NAME).read_text().splitlines()
 
     assert cli.main(args + ["--limit", "8"]) == 0
     assert len(count_trajectories) == 8  # 4 new, the first 4 skipped
     out = capsys.readouterr().out
     assert "4 of 8 rows already in" in out and _table_value(out, "N") == ["8"]
-    lines = (tmp_path / ev.JSONL_NAME).read_text().splitlines()
+    lines = (tmp_path / store.JSONL_NAME).read_text().splitlines()
     assert lines[:4] == first and len(lines) == 8
 
     # A run killed mid-write leaves half a line: that row is redone and the file is clean again.
     torn = "\n".join(lines[:7]) + "\n" + lines[7][: len(lines[7]) // 2]
-    (tmp_path / ev.JSONL_NAME).write_text(torn)
-    assert len(ev.read_jsonl(tmp_path / ev.JSONL_NAME)) == 7
+    (tmp_path / store.JSONL_NAME).write_text(torn)
+    assert len(store.read_jsonl(tmp_path / store.JSONL_NAME)) == 7
     capsys.readouterr()
     assert cli.main(args + ["--limit", "8"]) == 0
     assert len(count_trajectories) == 9
@@ -134,7 +134,7 @@ def test_two_models_side_by_side(tmp_path, tiny_model_dir, capsys):
     # Same weights, greedy decoding: identical trajectories under both labels.
     by_model = {m: [r["turns"] for r in sorted(records, key=lambda r: r["index"]) if r["model"] == m] for m in header}
     assert by_model[header[0]] == by_model[header[1]]
-    assert (out_dir / ev.PNG_NAME).read_bytes()[:8] == PNG_MAGIC
+    assert (out_dir / report.PNG_NAME).read_bytes()[:8] == PNG_MAGIC
 
 
 def test_demo_runs_failures_training_and_eval_and_shows_the_mask(tmp_path, tiny_default, capsys):
@@ -153,7 +153,7 @@ def test_demo_runs_failures_training_and_eval_and_shows_the_mask(tmp_path, tiny_
     )
     assert "expected" in out
     assert (tmp_path / "checkpoints" / "global_step_2" / "actor" / "huggingface" / "model.safetensors").exists()
-    assert len(_records(tmp_path)) == 32 and (tmp_path / ev.PNG_NAME).exists()
+    assert len(_records(tmp_path)) == 32 and (tmp_path / report.PNG_NAME).exists()
 
 
 # ----------------------------------------------------------------------------- the numbers
@@ -169,14 +169,14 @@ def test_summarize_and_table():
         }
 
     records = [rec(True, True, 0, 0), rec(False, True, 1, 10), rec(False, True, 1, 20), rec(False, False, 1, 30)]
-    s = ev.summarize(records)
+    s = report.summarize(records)
     assert (s["n"], s["first_try"], s["after_reflection"]) == (4, 0.25, 0.75)
     assert s["gain_points"] == pytest.approx(50.0) and s["mean_reflection_tokens"] == 20.0
-    table = ev.format_table({"base": s, "trained": ev.summarize(records[:1])})
+    table = report.format_table({"base": s, "trained": report.summarize(records[:1])})
     assert _table_value(table, "accuracy after reflection") == ["75.0%", "100.0%"]
     assert _table_value(table, "gain (points)") == ["+50.0", "+0.0"]
     assert _table_value(table, "mean reflection length (tokens)") == ["20.0", "-"]
-    assert math.isnan(ev.summarize([])["mean_reflection_tokens"])
+    assert math.isnan(report.summarize([])["mean_reflection_tokens"])
 
 
 def test_token_layout_tiles_the_response():
@@ -186,9 +186,9 @@ def test_token_layout_tiles_the_response():
         {"kind": "reflection", "start": 7, "num_tokens": 3},
         {"kind": "retry", "start": 13, "num_tokens": 5},
     ]
-    layout = ev.token_layout(turns, mask)
+    layout = runner.token_layout(turns, mask)
     assert layout == [["attempt", 3, 0], ["user", 4, 0], ["reflection", 3, 3], ["user", 3, 0], ["retry", 5, 0]]
-    assert ev.mask_bar(layout, width=18) == "aaauuuuRRRuuurrrrr"
+    assert report.mask_bar(layout, width=18) == "aaauuuuRRRuuurrrrr"
 
 
 # ----------------------------------------------------------------------------- errors: one line, exit 2
@@ -286,7 +286,7 @@ def test_the_recipe_gives_eval_its_loop_settings_and_flags_override(tmp_path, ti
 
 def test_flags_override_the_recipes_lengths_and_sampling(tiny_default):
     argv = ["--recipe", "countdown_qwen2.5-1.5b", "actor_rollout_ref.rollout.val_kwargs.top_p=0.5"]
-    loop_recipe = ev.load_recipe(ev.build_parser().parse_args(argv), recipe.validation_sampling)
+    loop_recipe = recipe.load_recipe(ev.build_parser().parse_args(argv), recipe.validation_sampling)
     rollout = loop_recipe.config.actor_rollout_ref.rollout
     assert (rollout.prompt_length, rollout.response_length) == (1024, 2048)
     assert loop_recipe.entry.max_attempt_tokens == 640  # recipes/agent_loops/countdown.yaml
@@ -298,12 +298,12 @@ def test_flags_override_the_recipes_lengths_and_sampling(tiny_default):
         "logprobs": True,  # rollout.calculate_log_probs: the trainer asks for them
     }
     argv += ["--response-length", "300", "--temperature", "0.7", "--top-k", "5", "--max-reflection-tokens", "9"]
-    loop_recipe = ev.load_recipe(ev.build_parser().parse_args(argv), recipe.validation_sampling)
+    loop_recipe = recipe.load_recipe(ev.build_parser().parse_args(argv), recipe.validation_sampling)
     assert loop_recipe.config.actor_rollout_ref.rollout.response_length == 300
     assert loop_recipe.entry.max_reflection_tokens == 9
     assert (loop_recipe.sampling["temperature"], loop_recipe.sampling["top_k"]) == (0.7, 5)
     # build-failures samples as a training step does.
-    training = ev.load_recipe(ev.build_parser().parse_args(argv[:2]), recipe.training_sampling)
+    training = recipe.load_recipe(ev.build_parser().parse_args(argv[:2]), recipe.training_sampling)
     assert training.sampling["temperature"] == 1.0
 
 

@@ -21,7 +21,7 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.workers.rollout.replica import TokenOutput
 
-from verl_reflect import data, recipe
+from verl_reflect import data, recipe, runner
 from verl_reflect import eval as ev
 from verl_reflect.advantage import compute_reflect_grpo_advantage
 from verl_reflect.agent_loop import ReflectRetryAgentLoop
@@ -184,11 +184,11 @@ def test_eval_and_build_failures_generate_with_the_recipe_agent_loop(tiny_model_
     # --recipe brings the recipe's reflect_retry entry, never attempt: replay (first tries are measured), even on a
     # failure-set row.
     args = ev.build_parser().parse_args(["--recipe", "countdown_qwen2.5-1.5b", "--model", str(tiny_model_dir)])
-    loop_recipe = ev.load_recipe(args, recipe.validation_sampling)
+    loop_recipe = recipe.load_recipe(args, recipe.validation_sampling)
     assert loop_recipe.entry.max_attempt_tokens == 640
-    (spec,) = ev.resolve_models([args.model], loop_recipe)
+    (spec,) = runner.resolve_models([args.model], loop_recipe)
     server = _AnswerServer(tiny_tokenizer, "<answer> (1 + 2) * 3 </answer>")
-    runner = ev.Runner(spec, server, loop_recipe)
+    model_runner = runner.Runner(spec, server, loop_recipe)
     stored = {"token_ids": [5, 6], "text": "never replayed", "model": "m", "sampling": {}}
     row = {
         **data.countdown_rows(1, seed=0, split="train")[0],
@@ -196,7 +196,7 @@ def test_eval_and_build_failures_generate_with_the_recipe_agent_loop(tiny_model_
         "agent_name": data.FAILURES_AGENT_NAME,
         data.FAILED_ATTEMPTS: [stored],
     }
-    record = asyncio.run(runner.trajectory(row, {"temperature": 0.0}))
+    record = asyncio.run(model_runner.trajectory(row, {"temperature": 0.0}))
     assert server.calls == 1 and record["first_try_correct"] is True
     assert record["turns"][0]["text"] == "<answer> (1 + 2) * 3 </answer>"
 
@@ -241,12 +241,12 @@ def _trainer_loop(name: str, overrides: list[str]):
 def _eval_loop(argv: list[str]):
     """The loop ``verl-reflect eval <argv>`` runs, and its sampling params."""
     args = ev.build_parser().parse_args(argv)
-    loop_recipe = ev.load_recipe(args, recipe.validation_sampling)
-    (spec,) = ev.resolve_models([args.model], loop_recipe)
-    runner = ev.Runner(spec, None, loop_recipe)
+    loop_recipe = recipe.load_recipe(args, recipe.validation_sampling)
+    (spec,) = runner.resolve_models([args.model], loop_recipe)
+    model_runner = runner.Runner(spec, None, loop_recipe)
 
     async def build():
-        return runner.build_loop(None)
+        return model_runner.build_loop(None)
 
     return asyncio.run(build()), loop_recipe.sampling
 

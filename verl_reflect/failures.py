@@ -26,11 +26,10 @@ from typing import Any
 from verl_reflect import data, recipe
 from verl_reflect.backend import make_backend
 from verl_reflect.cli_support import ArgumentParser, UserError, run_command
-from verl_reflect.eval import (
+from verl_reflect.runner import (
     Runner,
     add_run_args,
     as_completed_limited,
-    load_recipe,
     load_rows,
     quiet_transformers,
     resolve_models,
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     check_filter_args(args.k, args.max_success_rate, args.keep_attempts)
     rows = load_rows(args.data, limit=args.limit, seed=args.seed)
     # Training's sampling, not validation's: the failure set is what the trainer's rollouts would fail.
-    loop_recipe = load_recipe(args, recipe.training_sampling)
+    loop_recipe = recipe.load_recipe(args, recipe.training_sampling)
     (spec,) = resolve_models([args.model], loop_recipe)
     quiet_transformers()
     runner = Runner(spec, make_backend(spec.path, args.backend, max_batch_size=args.concurrency), loop_recipe)

@@ -9,14 +9,20 @@ build-failures measure first tries, so they generate them.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from verl_reflect import tiny
+from verl_reflect.backend import check_model_dir
 from verl_reflect.cli_support import UserError
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
@@ -43,8 +49,8 @@ def compose(recipe: str = DEFAULT_RECIPE, overrides: list[str] = ()) -> DictConf
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    import verl_reflect.register  # noqa: F401  (the ${verl_reflect.tiny_model:} resolver the tiny recipe names)
-
+    # Only the resolver the tiny recipe names: importing verl_reflect.register (the trainer's plugins) costs seconds.
+    tiny.register_resolver()
     path = recipe_file(recipe)
     try:
         with initialize_config_dir(config_dir=str(path.parent), version_base=None):
@@ -138,3 +144,47 @@ def build_loop(cfg: DictConfig, entry: DictConfig, *, server_manager: Any, token
         tools=ToolListWrap([]),  # the recipes configure no tools
         **kwargs,
     )
+
+
+# Flags that override the recipe's agent-loop entry (ReflectRetryAgentLoop kwargs), its rollout section, and the
+# sampling params. Not ``attempt``: eval and build-failures measure first tries, so they always generate them.
+ENTRY_FLAGS = ("reflection_prompt", "retry_prompt", "max_reflections", "max_attempt_tokens", "max_reflection_tokens")
+ROLLOUT_FLAGS = ("prompt_length", "response_length")
+SAMPLING_FLAGS = ("temperature", "top_p", "top_k")
+
+
+@dataclass(frozen=True)
+class LoopRecipe:
+    """What a run takes from its recipe: the trainer config and the ``reflect_retry`` entry (flags applied), and
+    the sampling params."""
+
+    name: str
+    config: Any  # the composed DictConfig
+    entry: Any  # the agent-loop YAML entry (a DictConfig)
+    sampling: dict[str, Any]
+
+
+def load_recipe(args: argparse.Namespace, sampling: Callable[[Any], dict[str, Any]]) -> LoopRecipe:
+    """Compose ``args.recipe`` with its overrides and apply the flags given; ``sampling`` picks the recipe's
+    sampling section (``validation_sampling`` or ``training_sampling``)."""
+    name = args.recipe or DEFAULT_RECIPE
+    if args.model is not None:
+        check_model_dir(args.model)  # before composing: a wrong path is the likelier mistake, and this one is fast
+    if args.recipe is None and args.model is not None:
+        print(f"note: no --recipe: {args.model} runs with {name}'s loop settings (short turns)", file=sys.stderr)
+    overrides = list(args.overrides)
+    if args.model is not None:  # as main_ppo's actor_rollout_ref.model.path=<dir>, after the user's overrides
+        overrides.append(f"actor_rollout_ref.model.path={hydra_quote(args.model)}")
+    cfg = compose(name, overrides)
+    entry = agent_loop_entry(cfg, name)
+    for name in ENTRY_FLAGS:
+        if getattr(args, name, None) is not None:
+            entry[name] = getattr(args, name)
+    for name in ROLLOUT_FLAGS:
+        if getattr(args, name, None) is not None:
+            cfg.actor_rollout_ref.rollout[name] = getattr(args, name)
+    params = sampling(cfg)
+    params.update({name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name, None) is not None})
+    if entry.get("max_reflections", 0) < 0:
+        raise UserError(f"max_reflections must be >= 0, got {entry.max_reflections}")
+    return LoopRecipe(name, cfg, entry, params)

@@ -171,3 +171,11 @@ def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def register_resolver() -> None:
+    """``${verl_reflect.tiny_model:}``: the tiny model's directory, built on first use, so recipes name it without a
+    path to fill in. Registered by ``verl_reflect.register`` (the trainer) and before a recipe is composed."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("verl_reflect.tiny_model", lambda: str(default_model_dir()), replace=True)
