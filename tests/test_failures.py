@@ -18,7 +18,7 @@ K = 4
 
 
 def _row(a: int, b: int, index: int) -> dict:
-    """A Countdown row whose answer is ``a + b``, in data.py's schema."""
+    """A Countdown row whose answer is ``a + b``, in verl_reflect.data's schema."""
     return {
         "prompt": [
             {"role": "system", "content": data.COUNTDOWN_SYSTEM},

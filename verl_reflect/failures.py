@@ -11,7 +11,7 @@ ready for the recipes: ``extra_info.index`` becomes 0..n-1 and the original inde
 ``extra_info.source_index``. Each kept row also stores up to ``--keep-attempts`` of its failed attempts (token ids
 as generated, their text, the model and the sampling settings) in ``failed_attempts``, and runs under the
 ``reflect_retry_failures`` agent-loop entry, which the recipes set to replay the first stored attempt instead of
-generating a new one (schema: ``verl_reflect/data.py``).
+generating a new one (schema: ``verl_reflect/data/__init__.py``).
 """
 
 from __future__ import annotations
