@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import re
@@ -189,6 +191,41 @@ def test_token_layout_tiles_the_response():
     layout = runner.token_layout(turns, mask)
     assert layout == [["attempt", 3, 0], ["user", 4, 0], ["reflection", 3, 3], ["user", 3, 0], ["retry", 5, 0]]
     assert report.mask_bar(layout, width=18) == "aaauuuuRRRuuurrrrr"
+
+
+def test_as_completed_limited_caps_concurrency_and_cancels_the_rest():
+    in_flight, peak, cancelled, release = 0, 0, [], {}
+
+    async def job(i: int) -> int:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await release[i].wait()
+            return i
+        except asyncio.CancelledError:
+            cancelled.append(i)
+            raise
+        finally:
+            in_flight -= 1
+
+    async def main() -> list[int]:
+        release.update({i: asyncio.Event() for i in range(10)})
+        for i in (4, 1, 2):  # 4 is not among the first three started, so it cannot finish yet
+            release[i].set()
+        got = []
+        jobs = [lambda i=i: job(i) for i in range(10)]
+        async with contextlib.aclosing(runner.as_completed_limited(jobs, concurrency=3, desc="t")) as results:
+            async for i in results:
+                got.append(i)
+                if len(got) == 2:
+                    break
+        await asyncio.sleep(0)  # let the cancellations land
+        return got
+
+    assert sorted(asyncio.run(main())) == [1, 2]
+    assert peak == 3  # never more than the cap in flight
+    assert 0 in cancelled and in_flight == 0  # the consumer stopped: the jobs still running were cancelled
 
 
 # ----------------------------------------------------------------------------- errors: one line, exit 2

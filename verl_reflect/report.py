@@ -35,13 +35,15 @@ def format_table(summaries: dict[str, dict[str, float]]) -> str:
         ("gain (points)", lambda s: f"{s['gain_points']:+.1f}"),
         ("mean reflection length (tokens)", lambda s: f"{s['mean_reflection_tokens']:.1f}" if s["reflected"] else "-"),
     ]
-    labels = list(summaries)
-    width = max(12, *(len(label) for label in labels))
-    head = max(len(name) for name, _ in rows)
-    lines = [" " * head + "".join(f"  {label:>{width}}" for label in labels)]
-    for name, fmt in rows:
-        lines.append(f"{name:<{head}}" + "".join(f"  {fmt(summaries[label]):>{width}}" for label in labels))
-    return "\n".join(lines)
+    import pandas as pd
+
+    table = pd.DataFrame(
+        {label: [fmt(summary) for _, fmt in rows] for label, summary in summaries.items()},
+        index=[name for name, _ in rows],
+    )
+    # Columns at least 12 wide, two spaces apart: the look the paper-style table has always had.
+    width = max(12, *(len(label) for label in summaries))
+    return table.to_string(justify="right", col_space=width + 1)
 
 
 def plot(summaries: dict[str, dict[str, float]], path: Path) -> None:

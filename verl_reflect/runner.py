@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
+from tqdm.asyncio import tqdm as tqdm_asyncio
 
 from reward_fns import get_compute_score
 from verl_reflect import data, recipe, tiny
@@ -216,11 +216,9 @@ async def as_completed_limited(
 
     tasks = [asyncio.ensure_future(gated(job)) for job in jobs]
     try:
-        with tqdm(total=len(tasks), desc=desc, unit="row", dynamic_ncols=True) as bar:
-            for next_done in asyncio.as_completed(tasks):
-                result = await next_done
-                bar.update(1)
-                yield result
+        bar = tqdm_asyncio.as_completed(tasks, total=len(tasks), desc=desc, unit="row", dynamic_ncols=True)
+        for next_done in bar:
+            yield await next_done
     finally:
-        for task in tasks:
+        for task in tasks:  # a consumer that stops early (an error, Ctrl-C) leaves nothing running
             task.cancel()
