@@ -39,7 +39,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides of the recipe, as main_ppo")
     parser.add_argument("--model", help="local Hugging Face model directory (default: the recipe's model path)")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: vLLM if installed, with a GPU")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="hf", help="hf: transformers, on the GPU if there is one (verl: not yet)"
+    )
     parser.add_argument("--data", type=Path, help=f"verl RL parquet (default: {DEFAULT_TEST_ROWS} Countdown problems)")
     parser.add_argument("--limit", type=positive_int, help="use only the first N rows")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated Countdown split")
