@@ -232,22 +232,24 @@ class HFBackend:
         logits: torch.Tensor, s: Sampling, seen: torch.Tensor | None, generators: list[torch.Generator | None]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pick one token per row from ``logits`` (B, V); returns ``(tokens, logprobs)``, both (B,)."""
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
         if seen is not None:
+            # Written by hand, not RepetitionPenaltyLogitsProcessor: that one penalises every id of ``input_ids``,
+            # left padding included; ``seen`` holds exactly the prompt's and the output's tokens, as vLLM does.
             penalised = torch.where(logits > 0, logits / s.repetition_penalty, logits * s.repetition_penalty)
             logits = torch.where(seen, penalised, logits)
         if s.temperature <= 0:
             token = logits.argmax(-1)
             return token, logits.log_softmax(-1).gather(1, token[:, None])[:, 0]
-        logits = logits / s.temperature
+        # transformers' warpers, in generate()'s order. Measured against the hand-written versions they replaced
+        # (interleaved, 9 rounds, vocab 512 and 151,936): the same speed (median ratios 0.80-1.20, within noise) and
+        # the same distribution (top-p may differ by float rounding on a token exactly at the boundary).
+        logits = TemperatureLogitsWarper(s.temperature)(None, logits)
         if s.top_k > 0:
-            kth = logits.topk(min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+            logits = TopKLogitsWarper(s.top_k)(None, logits)
         if s.top_p < 1.0:
-            sorted_logits, order = logits.sort(dim=-1, descending=True)
-            probs = sorted_logits.softmax(-1)
-            # Drop a token once the tokens ranked above it already cover top_p; the top token always stays.
-            drop = (probs.cumsum(-1) - probs) > s.top_p
-            logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+            logits = TopPLogitsWarper(s.top_p)(None, logits)
         logp = logits.log_softmax(-1)
         probs = logp.exp()
         token = torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)])
