@@ -336,6 +336,7 @@ def test_flags_override_the_recipes_lengths_and_sampling(tiny_default):
     }
     argv += ["--response-length", "300", "--temperature", "0.7", "--top-k", "5", "--max-reflection-tokens", "9"]
     loop_recipe = recipe.load_recipe(ev.build_parser().parse_args(argv), recipe.validation_sampling)
+    assert loop_recipe.name == "countdown_qwen2.5-1.5b"
     assert loop_recipe.config.actor_rollout_ref.rollout.response_length == 300
     assert loop_recipe.entry.max_reflection_tokens == 9
     assert (loop_recipe.sampling["temperature"], loop_recipe.sampling["top_k"]) == (0.7, 5)

@@ -177,14 +177,14 @@ def load_recipe(args: argparse.Namespace, sampling: Callable[[Any], dict[str, An
         overrides.append(f"actor_rollout_ref.model.path={hydra_quote(args.model)}")
     cfg = compose(name, overrides)
     entry = agent_loop_entry(cfg, name)
-    for name in ENTRY_FLAGS:
-        if getattr(args, name, None) is not None:
-            entry[name] = getattr(args, name)
-    for name in ROLLOUT_FLAGS:
-        if getattr(args, name, None) is not None:
-            cfg.actor_rollout_ref.rollout[name] = getattr(args, name)
+    for flag in ENTRY_FLAGS:
+        if getattr(args, flag, None) is not None:
+            entry[flag] = getattr(args, flag)
+    for flag in ROLLOUT_FLAGS:
+        if getattr(args, flag, None) is not None:
+            cfg.actor_rollout_ref.rollout[flag] = getattr(args, flag)
     params = sampling(cfg)
-    params.update({name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name, None) is not None})
+    params.update({flag: getattr(args, flag) for flag in SAMPLING_FLAGS if getattr(args, flag, None) is not None})
     if entry.get("max_reflections", 0) < 0:
         raise UserError(f"max_reflections must be >= 0, got {entry.max_reflections}")
     return LoopRecipe(name, cfg, entry, params)
