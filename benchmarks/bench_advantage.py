@@ -1,16 +1,19 @@
 """reflect_grpo vs verl's own grpo estimators on the same batch: wall-time ratio (target: at most 1.5).
 
-python benchmarks/bench_advantage.py [--batch 4096] [--length 2048] [--group-size 8] [--repeats 5]
+The estimators run interleaved (one of each per round, order rotating) and the ratio is the median of the
+per-round ratios, with its spread (``interleave.py``): drift in the machine's load cancels within a round.
+
+python benchmarks/bench_advantage.py [--batch 4096] [--length 2048] [--group-size 8] [--rounds 9]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
+from interleave import describe, interleaved, ratios
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, compute_grpo_vectorized_outcome_advantage
 
 from verl_reflect.advantage import compute_reflect_grpo_advantage
@@ -31,46 +34,30 @@ def make_batch(batch: int, length: int, group_size: int, seed: int = 0):
     return rewards, reflection_mask, full_mask, index
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rewards, reflection_mask, full_mask, index = make_batch(args.batch, args.length, args.group_size)
 
-    rows = [
-        ("verl grpo", median_seconds(lambda: compute_grpo_outcome_advantage(rewards, full_mask, index), args.repeats)),
-        (
-            "verl grpo_vectorized",
-            median_seconds(lambda: compute_grpo_vectorized_outcome_advantage(rewards, full_mask, index), args.repeats),
-        ),
-        (
-            "reflect_grpo",
-            median_seconds(lambda: compute_reflect_grpo_advantage(rewards, reflection_mask, index), args.repeats),
-        ),
-    ]
-    baseline = rows[0][1]
-    print(
-        f"advantage estimators on {args.batch} x {args.length} (groups of {args.group_size}), median of {args.repeats}"
+    times = interleaved(
+        {
+            "verl grpo": lambda: compute_grpo_outcome_advantage(rewards, full_mask, index),
+            "verl grpo_vectorized": lambda: compute_grpo_vectorized_outcome_advantage(rewards, full_mask, index),
+            "reflect_grpo": lambda: compute_reflect_grpo_advantage(rewards, reflection_mask, index),
+        },
+        args.rounds,
     )
-    print(f"{'estimator':<22}{'ms':>10}{'ratio vs grpo':>16}")
-    for name, seconds in rows:
-        print(f"{name:<22}{seconds * 1e3:>10.1f}{seconds / baseline:>16.2f}")
-    ratio = rows[-1][1] / baseline
-    print(f"reflect_grpo / grpo = {ratio:.2f} (target <= 1.5): {'OK' if ratio <= 1.5 else 'OVER TARGET'}")
+    print(f"advantage estimators on {args.batch} x {args.length} (groups of {args.group_size}), interleaved")
+    for name, seconds in times.items():
+        print(f"{name:<22} ms: {describe([1e3 * s for s in seconds], '{:.1f}')}")
+    for baseline in ("verl grpo", "verl grpo_vectorized"):
+        print(f"reflect_grpo / {baseline:<20} {describe(ratios(times, 'reflect_grpo', baseline))}")
+    ratio = statistics.median(ratios(times, "reflect_grpo", "verl grpo"))
+    print(f"reflect_grpo / grpo = {ratio:.2f} (median; target <= 1.5): {'OK' if ratio <= 1.5 else 'OVER TARGET'}")
 
 
 if __name__ == "__main__":

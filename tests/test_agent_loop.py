@@ -152,6 +152,9 @@ def test_failure_then_success_trains_exactly_the_reflection(tiny_tokenizer):
     assert [turn["kind"] for turn in fields["turns"]] == ["attempt", "reflection", "retry"]
     assert [turn["text"] for turn in fields["turns"]] == [WRONG, REFLECTION, RIGHT]
     assert [turn["correct"] for turn in fields["turns"]] == [False, None, True]
+    # Plain dicts, not the loop's Turn records: the v1 trainer serialises extra fields into TransferQueue.
+    assert all(type(turn) is dict for turn in fields["turns"])
+    assert json.loads(json.dumps(fields["turns"])) == fields["turns"]
     # Each turn knows where its generated tokens sit in the response.
     for turn in fields["turns"]:
         generated = out.response_ids[turn["start"] : turn["start"] + turn["num_tokens"]]

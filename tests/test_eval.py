@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import re
@@ -14,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from verl_reflect import cli, data
+from verl_reflect import cli, data, recipe, report, runner, store
 from verl_reflect import eval as ev
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -32,18 +34,18 @@ def tiny_default(tiny_model_dir, monkeypatch):
 def count_trajectories(monkeypatch):
     """Count the trajectories really generated (not skipped by resuming)."""
     calls = []
-    original = ev.Runner.trajectory
+    original = runner.Runner.trajectory
 
     async def counted(self, row, sampling, **loop_kwargs):
         calls.append(row["prompt"][-1]["content"])
         return await original(self, row, sampling, **loop_kwargs)
 
-    monkeypatch.setattr(ev.Runner, "trajectory", counted)
+    monkeypatch.setattr(runner.Runner, "trajectory", counted)
     return calls
 
 
 def _records(out_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (out_dir / ev.JSONL_NAME).read_text().splitlines()]
+    return [json.loads(line) for line in (out_dir / store.JSONL_NAME).read_text().splitlines()]
 
 
 def _table_value(stdout: str, row_name: str) -> list[str]:
@@ -62,7 +64,7 @@ def test_eval_end_to_end_on_the_tiny_model(tmp_path, tiny_default, capsys):
     records = _records(tmp_path)
     assert sorted(r["index"] for r in records) == [0, 1, 2]
     for r in records:
-        assert r["model"] == ev.TINY_LABEL and r["data_source"] == "countdown"
+        assert r["model"] == runner.TINY_LABEL and r["data_source"] == "countdown"
         assert r["turns"][0]["kind"] == "attempt" and isinstance(r["turns"][0]["text"], str)
         if r["first_try_correct"]:
             continue
@@ -75,7 +77,7 @@ def test_eval_end_to_end_on_the_tiny_model(tmp_path, tiny_default, capsys):
         # Exactly the reflection carries mask=1.
         assert [(kind, masked == n) for kind, n, masked in r["layout"] if masked] == [("reflection", True)]
         assert sum(n for _, n, _ in r["layout"]) == r["response_tokens"]
-    assert (tmp_path / ev.PNG_NAME).read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / report.PNG_NAME).read_bytes()[:8] == PNG_MAGIC
 
 
 def test_resume_runs_only_new_rows_and_survives_a_torn_line(tmp_path, tiny_default, count_trajectories, capsys):
@@ -83,19 +85,19 @@ def test_resume_runs_only_new_rows_and_survives_a_torn_line(tmp_path, tiny_defau
     assert cli.main(args + ["--limit", "4"]) == 0
     assert len(count_trajectories) == 4
     assert _table_value(capsys.readouterr().out, "N") == ["4"]
-    first = (tmp_path / ev.JSONL_NAME).read_text().splitlines()
+    first = (tmp_path / store.JSONL_NAME).read_text().splitlines()
 
     assert cli.main(args + ["--limit", "8"]) == 0
     assert len(count_trajectories) == 8  # 4 new, the first 4 skipped
     out = capsys.readouterr().out
     assert "4 of 8 rows already in" in out and _table_value(out, "N") == ["8"]
-    lines = (tmp_path / ev.JSONL_NAME).read_text().splitlines()
+    lines = (tmp_path / store.JSONL_NAME).read_text().splitlines()
     assert lines[:4] == first and len(lines) == 8
 
     # A run killed mid-write leaves half a line: that row is redone and the file is clean again.
     torn = "\n".join(lines[:7]) + "\n" + lines[7][: len(lines[7]) // 2]
-    (tmp_path / ev.JSONL_NAME).write_text(torn)
-    assert len(ev.read_jsonl(tmp_path / ev.JSONL_NAME)) == 7
+    (tmp_path / store.JSONL_NAME).write_text(torn)
+    assert len(store.read_jsonl(tmp_path / store.JSONL_NAME)) == 7
     capsys.readouterr()
     assert cli.main(args + ["--limit", "8"]) == 0
     assert len(count_trajectories) == 9
@@ -134,7 +136,7 @@ def test_two_models_side_by_side(tmp_path, tiny_model_dir, capsys):
     # Same weights, greedy decoding: identical trajectories under both labels.
     by_model = {m: [r["turns"] for r in sorted(records, key=lambda r: r["index"]) if r["model"] == m] for m in header}
     assert by_model[header[0]] == by_model[header[1]]
-    assert (out_dir / ev.PNG_NAME).read_bytes()[:8] == PNG_MAGIC
+    assert (out_dir / report.PNG_NAME).read_bytes()[:8] == PNG_MAGIC
 
 
 def test_demo_runs_failures_training_and_eval_and_shows_the_mask(tmp_path, tiny_default, capsys):
@@ -153,7 +155,7 @@ def test_demo_runs_failures_training_and_eval_and_shows_the_mask(tmp_path, tiny_
     )
     assert "expected" in out
     assert (tmp_path / "checkpoints" / "global_step_2" / "actor" / "huggingface" / "model.safetensors").exists()
-    assert len(_records(tmp_path)) == 32 and (tmp_path / ev.PNG_NAME).exists()
+    assert len(_records(tmp_path)) == 32 and (tmp_path / report.PNG_NAME).exists()
 
 
 # ----------------------------------------------------------------------------- the numbers
@@ -169,14 +171,14 @@ def test_summarize_and_table():
         }
 
     records = [rec(True, True, 0, 0), rec(False, True, 1, 10), rec(False, True, 1, 20), rec(False, False, 1, 30)]
-    s = ev.summarize(records)
+    s = report.summarize(records)
     assert (s["n"], s["first_try"], s["after_reflection"]) == (4, 0.25, 0.75)
     assert s["gain_points"] == pytest.approx(50.0) and s["mean_reflection_tokens"] == 20.0
-    table = ev.format_table({"base": s, "trained": ev.summarize(records[:1])})
+    table = report.format_table({"base": s, "trained": report.summarize(records[:1])})
     assert _table_value(table, "accuracy after reflection") == ["75.0%", "100.0%"]
     assert _table_value(table, "gain (points)") == ["+50.0", "+0.0"]
     assert _table_value(table, "mean reflection length (tokens)") == ["20.0", "-"]
-    assert math.isnan(ev.summarize([])["mean_reflection_tokens"])
+    assert math.isnan(report.summarize([])["mean_reflection_tokens"])
 
 
 def test_token_layout_tiles_the_response():
@@ -186,9 +188,44 @@ def test_token_layout_tiles_the_response():
         {"kind": "reflection", "start": 7, "num_tokens": 3},
         {"kind": "retry", "start": 13, "num_tokens": 5},
     ]
-    layout = ev.token_layout(turns, mask)
+    layout = runner.token_layout(turns, mask)
     assert layout == [["attempt", 3, 0], ["user", 4, 0], ["reflection", 3, 3], ["user", 3, 0], ["retry", 5, 0]]
-    assert ev.mask_bar(layout, width=18) == "aaauuuuRRRuuurrrrr"
+    assert report.mask_bar(layout, width=18) == "aaauuuuRRRuuurrrrr"
+
+
+def test_as_completed_limited_caps_concurrency_and_cancels_the_rest():
+    in_flight, peak, cancelled, release = 0, 0, [], {}
+
+    async def job(i: int) -> int:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await release[i].wait()
+            return i
+        except asyncio.CancelledError:
+            cancelled.append(i)
+            raise
+        finally:
+            in_flight -= 1
+
+    async def main() -> list[int]:
+        release.update({i: asyncio.Event() for i in range(10)})
+        for i in (4, 1, 2):  # 4 is not among the first three started, so it cannot finish yet
+            release[i].set()
+        got = []
+        jobs = [lambda i=i: job(i) for i in range(10)]
+        async with contextlib.aclosing(runner.as_completed_limited(jobs, concurrency=3, desc="t")) as results:
+            async for i in results:
+                got.append(i)
+                if len(got) == 2:
+                    break
+        await asyncio.sleep(0)  # let the cancellations land
+        return got
+
+    assert sorted(asyncio.run(main())) == [1, 2]
+    assert peak == 3  # never more than the cap in flight
+    assert 0 in cancelled and in_flight == 0  # the consumer stopped: the jobs still running were cancelled
 
 
 # ----------------------------------------------------------------------------- errors: one line, exit 2
@@ -262,7 +299,7 @@ def test_console_script_error_is_one_line(tmp_path):
 # ----------------------------------------------------------------------------- training's loop settings
 
 
-def test_agent_loop_config_gives_eval_the_recipes_settings_and_flags_override(tmp_path, tiny_default, capsys):
+def test_the_recipe_gives_eval_its_loop_settings_and_flags_override(tmp_path, tiny_default, capsys):
     config = tmp_path / "loop.yaml"
     config.write_text(
         "- name: reflect_retry\n"
@@ -272,7 +309,8 @@ def test_agent_loop_config_gives_eval_the_recipes_settings_and_flags_override(tm
         "  max_reflection_tokens: 3\n"
     )
     out_dir = tmp_path / "out"
-    args = ["eval", "--limit", "2", "--out-dir", str(out_dir), "--agent-loop-config", str(config)]
+    override = f"actor_rollout_ref.rollout.agent.agent_loop_config_path={config}"
+    args = ["eval", "--recipe", "countdown_tiny_cpu", override, "--limit", "2", "--out-dir", str(out_dir)]
     assert cli.main(args + ["--max-attempt-tokens", "4"]) == 0
     for r in _records(out_dir):
         # Random weights fail every time: two rounds from the YAML, turn caps from the YAML and the flag.
@@ -283,20 +321,44 @@ def test_agent_loop_config_gives_eval_the_recipes_settings_and_flags_override(tm
         assert max(n for kind, n in generated if kind != "reflection") == 4
 
 
-@pytest.mark.parametrize("task", ["countdown", "function_calling"])
-def test_the_shipped_agent_loop_configs_load(task):
-    config = Path(__file__).resolve().parents[1] / "recipes" / "agent_loops" / f"{task}.yaml"
-    args = ev.build_parser().parse_args(["--agent-loop-config", str(config)])
-    ev.apply_agent_loop_config(args)
-    assert args.max_reflections == 1 and args.max_attempt_tokens > 0 and args.max_reflection_tokens > 0
-    assert "reflect" in args.reflection_prompt.lower() and args.retry_prompt
+def test_flags_override_the_recipes_lengths_and_sampling(tiny_default):
+    argv = ["--recipe", "countdown_qwen2.5-1.5b", "actor_rollout_ref.rollout.val_kwargs.top_p=0.5"]
+    loop_recipe = recipe.load_recipe(ev.build_parser().parse_args(argv), recipe.validation_sampling)
+    rollout = loop_recipe.config.actor_rollout_ref.rollout
+    assert (rollout.prompt_length, rollout.response_length) == (1024, 2048)
+    assert loop_recipe.entry.max_attempt_tokens == 640  # recipes/agent_loops/countdown.yaml
+    assert loop_recipe.sampling == {
+        "temperature": 0,  # the GPU recipes validate greedily (val_kwargs.do_sample: false)
+        "top_p": 1.0,
+        "top_k": -1,
+        "repetition_penalty": 1.0,
+        "logprobs": True,  # rollout.calculate_log_probs: the trainer asks for them
+    }
+    argv += ["--response-length", "300", "--temperature", "0.7", "--top-k", "5", "--max-reflection-tokens", "9"]
+    loop_recipe = recipe.load_recipe(ev.build_parser().parse_args(argv), recipe.validation_sampling)
+    assert loop_recipe.name == "countdown_qwen2.5-1.5b"
+    assert loop_recipe.config.actor_rollout_ref.rollout.response_length == 300
+    assert loop_recipe.entry.max_reflection_tokens == 9
+    assert (loop_recipe.sampling["temperature"], loop_recipe.sampling["top_k"]) == (0.7, 5)
+    # build-failures samples as a training step does.
+    training = recipe.load_recipe(ev.build_parser().parse_args(argv[:2]), recipe.training_sampling)
+    assert training.sampling["temperature"] == 1.0
 
 
-def test_agent_loop_config_errors_are_one_line(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--recipe", "no_such_recipe"], "no recipe 'no_such_recipe'"),
+        (["--recipe", "countdown_tiny_cpu", "actor_rollout_ref.no_such_key=1"], "recipe countdown_tiny_cpu:"),
+        (["actor_rollout_ref.rollout.agent.agent_loop_config_path=/no/such.yaml"], "not found"),
+        (["actor_rollout_ref.rollout.agent.agent_loop_config_path={bad}"], "no agent loop named reflect_retry"),
+        (["--backend", "verl"], "trainer.val_only=true"),
+    ],
+)
+def test_recipe_errors_are_one_line(tmp_path, tiny_default, capsys, argv, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text("- name: tool_agent\n")
-    for path, message in ((tmp_path / "missing.yaml", "no such file"), (bad, "no agent loop named reflect_retry")):
-        assert cli.main(["eval", "--agent-loop-config", str(path), "--out-dir", str(tmp_path / "o")]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0]
+    argv = [arg.format(bad=bad) for arg in argv]
+    rc = cli.main(["eval", *argv, "--out-dir", str(tmp_path / "o")])
+    _assert_one_line_error(capsys, rc, message)
     assert not (tmp_path / "o").exists()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
 
 import pytest
 from verl.workers.rollout.replica import TokenOutput
 
-from verl_reflect import cli, data
+from verl_reflect import cli, data, recipe, runner
 from verl_reflect import eval as ev
 from verl_reflect.cli_support import UserError
 from verl_reflect.failures import build_failures, keep_failures
@@ -19,7 +18,7 @@ K = 4
 
 
 def _row(a: int, b: int, index: int) -> dict:
-    """A Countdown row whose answer is ``a + b``, in data.py's schema."""
+    """A Countdown row whose answer is ``a + b``, in verl_reflect.data's schema."""
     return {
         "prompt": [
             {"role": "system", "content": data.COUNTDOWN_SYSTEM},
@@ -30,6 +29,18 @@ def _row(a: int, b: int, index: int) -> dict:
         "extra_info": {"index": index, "split": "train"},
         "agent_name": data.AGENT_NAME,
     }
+
+
+def _runner(model_dir, backend, *flags: str) -> runner.Runner:
+    """A runner of the default (tiny) recipe with ``flags`` applied, generating with ``backend``."""
+    loop_recipe = recipe.load_recipe(ev.build_parser().parse_args(list(flags)), recipe.training_sampling)
+    return runner.Runner(runner.ModelSpec(model_dir, "scripted"), backend, loop_recipe)
+
+
+@pytest.fixture(autouse=True)
+def tiny_cache(tiny_model_dir, monkeypatch):
+    """The tiny recipe names the tiny model: reuse the session's build instead of building into ~/.cache."""
+    monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
 
 
 def _tokenizer(model_dir):
@@ -90,12 +101,18 @@ def rows() -> list[dict]:
 def test_threshold_is_exact(tmp_path, tiny_model_dir, rows, capsys, max_success_rate, kept_sources, keep_attempts):
     tokenizer = _tokenizer(tiny_model_dir)
     backend = ScriptedBackend(tokenizer, SCRIPT)
-    budget = dataclasses.replace(ev.TINY_BUDGET, max_attempt_tokens=128)  # room for a one-token-per-character answer
-    runner = ev.Runner(ev.ModelSpec(tiny_model_dir, "scripted", budget), backend)
+    model_runner = _runner(tiny_model_dir, backend, "--max-attempt-tokens", "128")  # room for one token per character
     out = tmp_path / "failures.parquet"
     sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": False}
     kept = build_failures(
-        runner, rows, out, sampling, k=K, max_success_rate=max_success_rate, concurrency=3, keep_attempts=keep_attempts
+        model_runner,
+        rows,
+        out,
+        sampling,
+        k=K,
+        max_success_rate=max_success_rate,
+        concurrency=3,
+        keep_attempts=keep_attempts,
     )
 
     assert all(not verdicts for verdicts in backend.script.values())  # exactly K attempts per prompt
@@ -155,10 +172,10 @@ def test_keep_failures_stores_failed_attempts_in_sampling_order():
 
 def test_nothing_kept_writes_nothing(tmp_path, tiny_model_dir, rows):
     backend = ScriptedBackend(_tokenizer(tiny_model_dir), {a: [True] * K for a in SCRIPT})
-    runner = ev.Runner(ev.ModelSpec(tiny_model_dir, "scripted", ev.TINY_BUDGET), backend)
+    model_runner = _runner(tiny_model_dir, backend)
     out = tmp_path / "f.parquet"
     with pytest.raises(UserError, match="kept 0 of 4"):
-        build_failures(runner, rows, out, {"temperature": 1.0}, k=K, max_success_rate=0, concurrency=2)
+        build_failures(model_runner, rows, out, {"temperature": 1.0}, k=K, max_success_rate=0, concurrency=2)
     assert not out.exists()
 
 
@@ -178,7 +195,7 @@ def test_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir, monkeypatch, cap
     # Random weights never solve Countdown: every prompt is a failure.
     assert "first-try accuracy: 0.0% (0/6 attempts)" in printed and "kept 3 of 3 prompts" in printed
     written = data.read_rows(out)
-    source = data.countdown_rows(ev.DEFAULT_TEST_ROWS, seed=0, split="test")[:3]
+    source = data.countdown_rows(runner.DEFAULT_TEST_ROWS, seed=0, split="test")[:3]
     assert [r["prompt"] for r in written] == [r["prompt"] for r in source]
     assert [(r["extra_info"]["index"], r["extra_info"]["source_index"]) for r in written] == [(0, 0), (1, 1), (2, 2)]
     # Each kept row stores the failed attempts' ids, which decode to the stored text, and the model that made them.

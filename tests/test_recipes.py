@@ -13,7 +13,7 @@ import hydra
 import pytest
 from chat_families import family_tokenizer
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
 from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from verl.trainer.ppo.reward import get_custom_reward_fn
@@ -21,7 +21,7 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.workers.rollout.replica import TokenOutput
 
-from verl_reflect import data
+from verl_reflect import data, recipe, runner
 from verl_reflect import eval as ev
 from verl_reflect.advantage import compute_reflect_grpo_advantage
 from verl_reflect.agent_loop import ReflectRetryAgentLoop
@@ -181,16 +181,14 @@ class _AnswerServer:
 
 
 def test_eval_and_build_failures_generate_with_the_recipe_agent_loop(tiny_model_dir, tiny_tokenizer):
-    # --agent-loop-config brings the recipe's prompts and caps, never attempt: replay (first tries are measured),
-    # even on a failure-set row.
-    args = ev.build_parser().parse_args(
-        ["--agent-loop-config", str(REPO / "recipes" / "agent_loops" / "countdown.yaml")]
-    )
-    ev.apply_agent_loop_config(args)
-    assert args.max_attempt_tokens == 640
-    (spec,) = ev.resolve_models([str(tiny_model_dir)], args)
+    # --recipe brings the recipe's reflect_retry entry, never attempt: replay (first tries are measured), even on a
+    # failure-set row.
+    args = ev.build_parser().parse_args(["--recipe", "countdown_qwen2.5-1.5b", "--model", str(tiny_model_dir)])
+    loop_recipe = recipe.load_recipe(args, recipe.validation_sampling)
+    assert loop_recipe.entry.max_attempt_tokens == 640
+    (spec,) = runner.resolve_models([args.model], loop_recipe)
     server = _AnswerServer(tiny_tokenizer, "<answer> (1 + 2) * 3 </answer>")
-    runner = ev.Runner(spec, server, reflection_prompt=args.reflection_prompt)
+    model_runner = runner.Runner(spec, server, loop_recipe)
     stored = {"token_ids": [5, 6], "text": "never replayed", "model": "m", "sampling": {}}
     row = {
         **data.countdown_rows(1, seed=0, split="train")[0],
@@ -198,6 +196,100 @@ def test_eval_and_build_failures_generate_with_the_recipe_agent_loop(tiny_model_
         "agent_name": data.FAILURES_AGENT_NAME,
         data.FAILED_ATTEMPTS: [stored],
     }
-    record = asyncio.run(runner.trajectory(row, {"temperature": 0.0}))
+    record = asyncio.run(model_runner.trajectory(row, {"temperature": 0.0}))
     assert server.calls == 1 and record["first_try_correct"] is True
     assert record["turns"][0]["text"] == "<answer> (1 + 2) * 3 </answer>"
+
+
+def _trainer_loop(name: str, overrides: list[str]):
+    """The loop verl's AgentLoopWorker builds for a validation row of ``name`` composed with ``overrides``:
+    its config, model, tokenizer, dataset class and agent-loop registry, as in AgentLoopWorker.__init__."""
+    from verl.utils.dataset.rl_dataset import get_dataset_class
+    from verl.utils.import_utils import resolve_config_path
+    from verl.workers.config import HFModelConfig
+
+    with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base=None):
+        cfg = compose(config_name=name, overrides=overrides)
+    OmegaConf.resolve(cfg)  # as main_ppo does before handing the config to its workers
+    rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
+    model = omega_conf_to_dataclass(cfg.actor_rollout_ref.model, dataclass_type=HFModelConfig)
+    registry = {e.name: e for e in OmegaConf.load(resolve_config_path(rollout.agent.agent_loop_config_path))}
+    sampling = {  # AgentLoopWorker.generate_sequences, validate=True
+        "temperature": rollout.val_kwargs.temperature,
+        "top_p": rollout.val_kwargs.top_p,
+        "top_k": rollout.val_kwargs.top_k,
+        "repetition_penalty": 1.0,
+        "logprobs": rollout.calculate_log_probs,
+    }
+
+    async def build():
+        return hydra.utils.instantiate(
+            config=registry[rollout.agent.default_agent_loop],
+            trainer_config=DictConfigWrap(config=cfg),
+            server_manager=None,
+            tokenizer=model.tokenizer,
+            processor=model.processor,
+            hf_model_type=model.hf_config.model_type,
+            dataset_cls=get_dataset_class(cfg.data),
+            data_config=DictConfigWrap(cfg.data),
+            tools=ToolListWrap([]),
+        )
+
+    return asyncio.run(build()), sampling
+
+
+def _eval_loop(argv: list[str]):
+    """The loop ``verl-reflect eval <argv>`` runs, and its sampling params."""
+    args = ev.build_parser().parse_args(argv)
+    loop_recipe = recipe.load_recipe(args, recipe.validation_sampling)
+    (spec,) = runner.resolve_models([args.model], loop_recipe)
+    model_runner = runner.Runner(spec, None, loop_recipe)
+
+    async def build():
+        return model_runner.build_loop(None)
+
+    return asyncio.run(build()), loop_recipe.sampling
+
+
+def _fields(loop) -> dict:
+    """Every attribute of a built loop, as comparable values; the server and the event loop are per run."""
+    fields = {}
+    for key, value in vars(loop).items():
+        if key in ("server_manager", "loop"):
+            continue
+        if isinstance(value, DictConfig):
+            value = OmegaConf.to_container(value)
+        elif key in ("tokenizer", "continuous_token_builder", "turn_boundary") and value is not None:
+            value = (type(value).__name__, getattr(value, "name_or_path", None))
+        fields[key] = value
+    return fields
+
+
+@pytest.mark.parametrize("name", ["countdown_qwen2.5-1.5b", "function_calling_phi3.5-mini", "countdown_tiny_cpu"])
+def test_eval_builds_the_loop_the_trainer_builds(name, tiny_model_dir, monkeypatch):
+    """``eval --recipe X`` and verl's AgentLoopWorker under ``main_ppo --config-name X``: the same loop, field by
+    field (the whole trainer config included), and the same validation sampling params."""
+    monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
+    monkeypatch.chdir(REPO)  # the recipes name their agent-loop YAML relative to the launch directory
+    overrides = [*DATA, "actor_rollout_ref.rollout.response_length=300"]
+    model = [] if name == "countdown_tiny_cpu" else [f"actor_rollout_ref.model.path={tiny_model_dir}"]
+    trainer_loop, trainer_sampling = _trainer_loop(name, overrides + model)
+    eval_argv = ["--recipe", name, *overrides]
+    if name != "countdown_tiny_cpu":  # the tiny recipe's model path is the tiny model already
+        eval_argv += ["--model", str(tiny_model_dir)]
+    eval_loop, eval_sampling = _eval_loop(eval_argv)
+
+    assert type(eval_loop) is type(trainer_loop) is ReflectRetryAgentLoop
+    trainer_fields, eval_fields = _fields(trainer_loop), _fields(eval_loop)
+    assert {"config", "rollout_config", "data_config", "reflection_prompt", "max_attempt_tokens"} <= eval_fields.keys()
+    assert eval_fields.keys() == trainer_fields.keys()
+    for key in trainer_fields:
+        assert eval_fields[key] == trainer_fields[key], key
+    assert eval_sampling == trainer_sampling
+    # The settings that matter are really there (not two equal defaults).
+    assert eval_loop.response_length == 300 and eval_loop.attempt == "generate"
+    assert eval_loop.tokenizer.name_or_path == str(tiny_model_dir)
+    if name != "countdown_tiny_cpu":
+        assert eval_loop.max_attempt_tokens in (640, 512)
+    else:
+        assert (eval_loop.max_attempt_tokens, eval_loop.max_reflection_tokens) == (32, 24)

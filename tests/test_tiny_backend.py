@@ -265,27 +265,12 @@ def test_missing_max_tokens_is_an_error(hf):
 # ----------------------------------------------------------------------------- make_backend
 
 
-def test_make_backend_selection(tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(backend_mod, "vllm_usable", lambda: False)
+def test_make_backend_gives_transformers_and_says_where_verls_servers_stand(tiny_model_dir):
     assert isinstance(make_backend(tiny_model_dir), HFBackend)
     assert isinstance(make_backend(tiny_model_dir, "hf"), HFBackend)
-
-    made = {}
-
-    class FakeVLLM:
-        def __init__(self, path, **kwargs):
-            made["path"] = path
-
-    monkeypatch.setattr(backend_mod, "VLLMBackend", FakeVLLM)
-    monkeypatch.setattr(backend_mod, "vllm_usable", lambda: True)
-    assert isinstance(make_backend(tiny_model_dir), FakeVLLM)
-    assert made["path"] == tiny_model_dir
-
-
-def test_vllm_backend_without_vllm_is_a_user_error(tiny_model_dir):
-    # vLLM is not installed in CPU environments: asking for it explicitly says how to get it.
-    with pytest.raises(UserError, match="pip install"):
-        make_backend(tiny_model_dir, "vllm")
+    with pytest.raises(UserError, match="val_only") as err:
+        make_backend(tiny_model_dir, "verl")
+    assert "\n" not in str(err.value)
 
 
 def test_make_backend_errors(tmp_path, tiny_model_dir):

@@ -49,10 +49,7 @@ def build_failure_set(train: Path, out: Path, cache_dir: Path) -> Path:
     old_cache = os.environ.get("VERL_REFLECT_CACHE")
     os.environ["VERL_REFLECT_CACHE"] = str(cache_dir)
     try:
-        agent_loop_config = REPO / "recipes" / "agent_loops" / "countdown_tiny.yaml"
-        failures.main(
-            ["--data", str(train), "--out", str(out), "--k", "1", "--agent-loop-config", str(agent_loop_config)]
-        )
+        failures.main(["--data", str(train), "--out", str(out), "--k", "1", "--recipe", "countdown_tiny_cpu"])
     finally:
         sys.path.remove(str(FIXTURES))
         if old_cache is None:

@@ -53,6 +53,19 @@ ATTEMPT_MODES = ("generate", "replay")
 
 
 @dataclasses.dataclass
+class Turn:
+    """One generated assistant turn. ``start`` is its offset in the response, ``num_tokens`` its length there;
+    ``correct`` is the verifier's verdict on an attempt or retry, None on a reflection. ``extra_fields["turns"]``
+    carries these as plain dicts (``dataclasses.asdict``): the v1 trainer stores extra fields in TransferQueue."""
+
+    kind: str  # "attempt", "reflection" or "retry"
+    text: str
+    correct: Optional[bool]
+    start: int
+    num_tokens: int
+
+
+@dataclasses.dataclass
 class _Trajectory:
     """Runtime state of one trajectory; ``mask`` and ``logprobs`` cover the response part of ``token_ids``."""
 
@@ -60,7 +73,7 @@ class _Trajectory:
     messages: list[dict[str, Any]]
     mask: list[int] = dataclasses.field(default_factory=list)
     logprobs: Optional[list[float]] = None
-    turns: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    turns: list[Turn] = dataclasses.field(default_factory=list)
     # What the server reports beside the tokens (weight versions, spec-decode counters), merged across
     # turns exactly as tool_agent_loop merges them: the trainer reads it back per trajectory.
     server_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -145,8 +158,8 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             turn = await self._generate(traj, kind, request_id, sampling_params, self.max_attempt_tokens, metrics)
             if turn is None:
                 return False
-            turn["correct"] = compute_score(data_source, turn["text"], ground_truth, extra_info) == 1.0
-            return turn["correct"]
+            turn.correct = compute_score(data_source, turn.text, ground_truth, extra_info) == 1.0
+            return turn.correct
 
         correct = await attempt("attempt")
         if stored_attempt is not None:
@@ -196,8 +209,8 @@ class ReflectRetryAgentLoop(AgentLoopBase):
                 **stats,
                 # reward_extra_info is what verl reports per data source in validation metrics.
                 "reward_extra_info": {key: float(value) for key, value in stats.items()},
-                "turns": traj.turns,
-                "turn_scores": [float(turn["correct"]) for turn in traj.turns if turn["kind"] != "reflection"],
+                "turns": [dataclasses.asdict(turn) for turn in traj.turns],
+                "turn_scores": [float(turn.correct) for turn in traj.turns if turn.kind != "reflection"],
                 "tool_rewards": [],
             },
         )
@@ -217,21 +230,21 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         if len(token_ids) > cap:
             raise ValueError(
                 f"attempt=replay: {where}'s stored attempt has {len(token_ids)} tokens, over this loop's attempt "
-                f"cap of {cap}: build the failure set with the recipe's --agent-loop-config"
+                f"cap of {cap}: build the failure set with this recipe (build-failures --recipe)"
             )
         return {**first, "token_ids": token_ids}
 
     @staticmethod
-    def _check_replayed(turn: dict[str, Any], stored: dict[str, Any], row: dict[str, Any]) -> None:
+    def _check_replayed(turn: Turn, stored: dict[str, Any], row: dict[str, Any]) -> None:
         """A replayed attempt must read as stored and still fail: anything else means the failure set does not
         belong to this tokenizer or verifier, and training on it would be silently wrong."""
         where = _which_row(row)
-        if turn["text"] != stored["text"]:
+        if turn.text != stored["text"]:
             raise ValueError(
                 f"attempt=replay: {where}'s stored attempt does not decode to its stored text with this tokenizer: "
                 f"the failure set was built with another tokenizer (model {stored.get('model')!r})"
             )
-        if turn["correct"]:
+        if turn.correct:
             raise ValueError(
                 f"attempt=replay: {where}'s stored failed attempt is correct by the current verifier: "
                 "the failure set is stale, rebuild it"
@@ -245,11 +258,8 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         sampling_params: dict[str, Any],
         turn_cap: Optional[int],
         metrics: dict[str, float],
-    ) -> Optional[dict[str, Any]]:
-        """Generate one assistant turn into ``traj`` and record it in ``traj.turns``; None when the budget is spent.
-
-        A turn record is ``{kind, text, correct, start, num_tokens}``: ``start`` is its offset in the response.
-        """
+    ) -> Optional[Turn]:
+        """Generate one assistant turn into ``traj`` and record it in ``traj.turns``; None when the budget is spent."""
         budget = self.response_length - len(traj.mask)
         max_tokens = budget if turn_cap is None else min(turn_cap, budget)
         if max_tokens <= 0:
@@ -280,13 +290,7 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             traj.mask[-num_tokens:] = [0] * num_tokens
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
         traj.messages.append({"role": "assistant", "content": text})
-        turn = {
-            "kind": kind,
-            "text": text,
-            "correct": None,
-            "start": len(traj.mask) - num_tokens,
-            "num_tokens": num_tokens,
-        }
+        turn = Turn(kind=kind, text=text, correct=None, start=len(traj.mask) - num_tokens, num_tokens=num_tokens)
         traj.turns.append(turn)
         return turn
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from verl_reflect import data, failures
+from verl_reflect import data, failures, report, runner, store
 from verl_reflect import eval as eval_cmd
 from verl_reflect.cli_support import ArgumentParser, UserError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 RECIPE = "countdown_tiny_cpu"
-AGENT_LOOP_CONFIG = RECIPES / "agent_loops" / "countdown_tiny.yaml"
+AGENT_LOOP_CONFIG = RECIPES / "agent_loops" / "countdown_tiny.yaml"  # absolute: main_ppo runs from any directory
 STEP_COLUMNS = {  # per-step metric -> column title
     "reflect/first_try_correct": "first try",
     "reflect/final_correct": "after reflection",
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if not RECIPES.is_dir():
         raise UserError(f"the demo trains with this repository's recipes ({RECIPES}): install it with pip install -e .")
     out_dir = args.out_dir.resolve()
-    eval_cmd.quiet_transformers()
+    runner.quiet_transformers()
 
     print("verl-reflect demo: a random tiny Qwen2 (built offline) on Countdown, through the whole pipeline.\n")
     print(f"1. data: 16 train + 16 test problems in {out_dir / 'data'}")
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             str(failure_set),
             "--k",
             "2",
-            "--agent-loop-config",
-            str(AGENT_LOOP_CONFIG),
+            "--recipe",
+            RECIPE,
             "--seed",
             str(args.seed),
         ]
@@ -136,28 +136,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint: {checkpoint}")
 
     print("\n4. evaluation: base vs trained, first try vs after one reflection")
-    (out_dir / eval_cmd.JSONL_NAME).unlink(missing_ok=True)  # a fresh run: the demo is about watching it happen
+    (out_dir / store.JSONL_NAME).unlink(missing_ok=True)  # a fresh run: the demo is about watching it happen
     eval_args = eval_cmd.build_parser().parse_args(
         [
             "--compare-model",
             str(checkpoint),
             "--data",
             str(out_dir / "data" / "test.parquet"),
-            "--agent-loop-config",
-            str(AGENT_LOOP_CONFIG),
+            "--recipe",
+            RECIPE,
             "--out-dir",
             str(out_dir),
         ]
     )
     eval_cmd.run_eval(eval_args)
 
-    records = eval_cmd.read_jsonl(out_dir / eval_cmd.JSONL_NAME)
+    records = store.read_jsonl(out_dir / store.JSONL_NAME)
     reflected = sorted((r for r in records if r["num_reflections"] > 0), key=lambda r: (r["model"], r["index"]))
     if reflected:
         r = reflected[0]
         print(f"\ntoken layout of {r['model']} row {r['index']}'s response ({r['response_tokens']} tokens):")
-        print("  " + eval_cmd.layout_line(r["layout"]))
-        print("  " + eval_cmd.mask_bar(r["layout"]) + "   (a attempt, u user turn, R reflection, r retry)")
+        print("  " + report.layout_line(r["layout"]))
+        print("  " + report.mask_bar(r["layout"]) + "   (a attempt, u user turn, R reflection, r retry)")
         for turn in r["turns"]:
             print(f"  {turn['kind']:>10}: {json.dumps(turn['text'][:70])}{'...' if len(turn['text']) > 70 else ''}")
     print("\nThe weights are random, so accuracy is ~0% and the text is noise: that is expected here.")

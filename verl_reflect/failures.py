@@ -1,17 +1,17 @@
 """Keep only the prompts a model fails, with the attempts that failed: the paper trains reflection on those alone.
 
-    verl-reflect build-failures --model DIR --data train.parquet --out failures.parquet [--k 4] [--max-success-rate 0]
-        [--keep-attempts 1]
+    verl-reflect build-failures --recipe NAME [KEY=VALUE ...] --model DIR --data train.parquet --out failures.parquet
+        [--k 4] [--max-success-rate 0] [--keep-attempts 1]
 
-For each prompt, ``--k`` first attempts are sampled (one turn: the reflect-retry loop with no
-reflection, so prompts are rendered and answers scored exactly as in training) and scored by the
-task's verifier. Prompts whose success rate is at most ``--max-success-rate`` are written, with the
-input's schema, to a parquet ready for the recipes: ``extra_info.index`` becomes 0..n-1 and the
-original index is kept as ``extra_info.source_index``. Each kept row also stores up to
-``--keep-attempts`` of its failed attempts (token ids as generated, their text, the model and the
-sampling settings) in ``failed_attempts``, and runs under the ``reflect_retry_failures`` agent-loop
-entry, which the recipes set to replay the first stored attempt instead of generating a new one
-(schema: ``verl_reflect/data.py``).
+For each prompt, ``--k`` first attempts are sampled (one turn: the recipe's ``reflect_retry`` loop with no
+reflection, built as the trainer builds it, so prompts are rendered, capped and scored exactly as in training;
+with the recipe's training sampling, ``rollout.temperature/top_p/top_k``) and scored by the task's verifier.
+Prompts whose success rate is at most ``--max-success-rate`` are written, with the input's schema, to a parquet
+ready for the recipes: ``extra_info.index`` becomes 0..n-1 and the original index is kept as
+``extra_info.source_index``. Each kept row also stores up to ``--keep-attempts`` of its failed attempts (token ids
+as generated, their text, the model and the sampling settings) in ``failed_attempts``, and runs under the
+``reflect_retry_failures`` agent-loop entry, which the recipes set to replay the first stored attempt instead of
+generating a new one (schema: ``verl_reflect/data/__init__.py``).
 """
 
 from __future__ import annotations
@@ -23,18 +23,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from verl_reflect import data
+from verl_reflect import data, recipe
 from verl_reflect.backend import make_backend
 from verl_reflect.cli_support import ArgumentParser, UserError, run_command
-from verl_reflect.eval import (
+from verl_reflect.runner import (
     Runner,
     add_run_args,
-    apply_agent_loop_config,
     as_completed_limited,
     load_rows,
     quiet_transformers,
     resolve_models,
-    sampling_params,
 )
 
 
@@ -127,7 +125,7 @@ def build_failures(
             "top_p": float(sampling.get("top_p", 1.0)),
             "top_k": int(sampling.get("top_k", -1)),
             "repetition_penalty": float(sampling.get("repetition_penalty", 1.0)),
-            "max_attempt_tokens": runner.spec.budget.max_attempt_tokens,
+            "max_attempt_tokens": runner.entry.get("max_attempt_tokens"),
         },
     }
     kept = keep_failures(
@@ -148,7 +146,7 @@ def build_failures(
 
 def build_parser(prog: str = "verl-reflect build-failures") -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    add_run_args(parser, temperature=1.0)
+    add_run_args(parser)
     parser.add_argument("--out", type=Path, required=True, help="the .parquet file to write")
     parser.add_argument("--k", type=int, default=4, help="first attempts sampled per prompt")
     parser.add_argument("--max-success-rate", type=float, default=0.0, help="keep prompts solved at most this often")
@@ -163,17 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.suffix != ".parquet":  # verl's RLHFDataset picks the reader by file extension
         raise UserError(f"--out must end in .parquet, got {args.out}")
     check_filter_args(args.k, args.max_success_rate, args.keep_attempts)
-    apply_agent_loop_config(args)
     rows = load_rows(args.data, limit=args.limit, seed=args.seed)
-    (spec,) = resolve_models([args.model], args)
+    # Training's sampling, not validation's: the failure set is what the trainer's rollouts would fail.
+    loop_recipe = recipe.load_recipe(args, recipe.training_sampling)
+    (spec,) = resolve_models([args.model], loop_recipe)
     quiet_transformers()
-    runner = Runner(spec, make_backend(spec.path, args.backend, max_batch_size=args.concurrency))
+    runner = Runner(spec, make_backend(spec.path, args.backend, max_batch_size=args.concurrency), loop_recipe)
     try:
         build_failures(
             runner,
             rows,
             args.out,
-            sampling_params(args),
+            loop_recipe.sampling,
             k=args.k,
             max_success_rate=args.max_success_rate,
             concurrency=args.concurrency,

@@ -7,13 +7,10 @@ Imported by the ``verl.plugins`` entry point on ``import verl``, and named by ev
 every worker process. Importing it again is a no-op.
 """
 
-from omegaconf import OmegaConf
-
 import verl_reflect.advantage  # noqa: F401  (registers reflect_grpo)
 import verl_reflect.agent_loop  # noqa: F401  (registers reflect_retry)
 import verl_reflect.cpu  # noqa: F401  (registers the cpu platform and the hf rollout; inert unless selected)
 import verl_reflect.trainer  # noqa: F401  (registers the reflect_sync trainer)
 from verl_reflect import tiny
 
-# The embedded tiny model's directory, built on first use: recipes name it without a path to fill in.
-OmegaConf.register_new_resolver("verl_reflect.tiny_model", lambda: str(tiny.default_model_dir()), replace=True)
+tiny.register_resolver()  # ${verl_reflect.tiny_model:}

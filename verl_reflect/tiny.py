@@ -141,15 +141,21 @@ def build_tiny_model(out_dir: str | os.PathLike, *, seed: int = SEED) -> Path:
     return out_dir
 
 
-def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The tiny model, built once into ``$VERL_REFLECT_CACHE`` (or ``~/.cache/verl-reflect``) and reused.
-
-    Built in a temporary directory and renamed into place, so a crash never leaves a broken cache.
-    The folder is ``tiny-qwen2-<hash of the recipe above>``: a changed recipe never loads a stale build.
-    """
+def cached_model_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``default_model_dir`` keeps the tiny model, built or not: ``tiny-qwen2-<hash of the recipe above>``
+    under ``$VERL_REFLECT_CACHE`` (or ``~/.cache/verl-reflect``), so a changed recipe never loads a stale build."""
     root = Path(cache_dir or os.environ.get("VERL_REFLECT_CACHE") or Path.home() / ".cache" / "verl-reflect")
     recipe = repr((_CORPUS, _QWEN_SPLIT, CHAT_TEMPLATE, SPECIAL_TOKENS, VOCAB_SIZE, sorted(MODEL_CONFIG.items()), SEED))
-    target = root / f"tiny-qwen2-{hashlib.sha1(recipe.encode()).hexdigest()[:10]}"
+    return root / f"tiny-qwen2-{hashlib.sha1(recipe.encode()).hexdigest()[:10]}"
+
+
+def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The tiny model, built once into ``cached_model_path(cache_dir)`` and reused.
+
+    Built in a temporary directory and renamed into place, so a crash never leaves a broken cache.
+    """
+    target = cached_model_path(cache_dir)
+    root = target.parent
     if (target / "config.json").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
@@ -165,3 +171,11 @@ def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def register_resolver() -> None:
+    """``${verl_reflect.tiny_model:}``: the tiny model's directory, built on first use, so recipes name it without a
+    path to fill in. Registered by ``verl_reflect.register`` (the trainer) and before a recipe is composed."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("verl_reflect.tiny_model", lambda: str(default_model_dir()), replace=True)
