@@ -101,7 +101,7 @@ def replay_vs_generate(steps: int) -> None:
         failure_set = workdir / "failures.parquet"
         failures.main(
             ["--data", str(workdir / "train.parquet"), "--out", str(failure_set), "--k", "1",
-             "--agent-loop-config", str(AGENT_LOOPS)]
+             "--recipe", "countdown_tiny_cpu"]
         )  # fmt: skip
         generate_loops = OmegaConf.load(AGENT_LOOPS)
         for entry in generate_loops:

@@ -139,6 +139,19 @@ def test_recipe_resolves_estimator_agent_loop_and_reward(name, monkeypatch):
     assert reward_fn(data_source=task, solution_str=sample[0], ground_truth=sample[1], extra_info={}) == 1.0
 
 
+def test_a_launch_without_training_data_stops_and_says_what_to_set():
+    # Regression: the recipes once said `train_files: ???`, which OmegaConf drops when merging over verl's own
+    # default, so a launch without data.train_files went on with verl's GSM8K paths.
+    result = subprocess.run(
+        [sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(REPO / "recipes"), "--config-name",
+         RECIPES[0], "data.val_files=/data/test.parquet"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "data.train_files is not set: add data.train_files=<path> to the command" in result.stdout + result.stderr
+    assert "gsm8k" not in (result.stdout + result.stderr).lower()
+
+
 def test_the_readme_training_command_composes():
     # `--cfg job` makes verl's own entry point compose and print the config, then exit before training.
     name = RECIPES[0]

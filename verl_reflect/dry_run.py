@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from verl_reflect import tiny
 from verl_reflect.cli_support import ArgumentParser, UserError, positive_int
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -745,8 +746,8 @@ def main(argv: list[str] | None = None) -> int:
     given = [o.split("=", 1)[1] for o in overrides if override_key(o) == "data.train_files"]
     if args.data is None and given:  # data.train_files on the command line instead of --data: check that file
         args.data = Path(given[-1]).absolute()
-    for key in ("data.train_files", "data.val_files"):  # a recipe that leaves them mandatory (???) still validates
-        if OmegaConf.is_missing(cfg, key):
+    for key in ("data.train_files", "data.val_files"):  # a recipe that leaves them to the command still validates
+        if OmegaConf.is_missing(cfg, key) or tiny.is_required(cfg, key):
             OmegaConf.update(cfg, key, str(args.data or "dry-run-generated.parquet"))
     recipe = Recipe(config_dir, args.config_name, overrides, cfg, data_path=args.data)
     try:

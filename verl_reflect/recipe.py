@@ -53,8 +53,10 @@ def compose(recipe: str = DEFAULT_RECIPE, overrides: list[str] = ()) -> DictConf
     tiny.register_resolver()
     path = recipe_file(recipe)
     try:
+        # eval and build-failures read their rows from --data, never the recipe's training files.
+        unused_data = ["data.train_files=null", "data.val_files=null"]
         with initialize_config_dir(config_dir=str(path.parent), version_base=None):
-            cfg = hydra_compose(config_name=path.stem, overrides=list(overrides))
+            cfg = hydra_compose(config_name=path.stem, overrides=unused_data + list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -174,8 +174,28 @@ def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def register_resolver() -> None:
-    """``${verl_reflect.tiny_model:}``: the tiny model's directory, built on first use, so recipes name it without a
-    path to fill in. Registered by ``verl_reflect.register`` (the trainer) and before a recipe is composed."""
+    """The resolvers recipes name, registered by ``verl_reflect.register`` (the trainer) and before a recipe is
+    composed:
+
+    - ``${verl_reflect.tiny_model:}``: the tiny model's directory, built on first use, so recipes name it without a
+      path to fill in;
+    - ``${verl_reflect.required:data.train_files}``: a value the launch command must set. Recipes cannot use ``???``
+      for keys verl's own config already sets: OmegaConf keeps the earlier value (verl's GSM8K paths) when it
+      merges a missing one over it.
+    """
     from omegaconf import OmegaConf
 
+    def required(key: str):
+        raise ValueError(f"{key} is not set: add {key}=<path> to the command (see the recipe's header)")
+
     OmegaConf.register_new_resolver("verl_reflect.tiny_model", lambda: str(default_model_dir()), replace=True)
+    OmegaConf.register_new_resolver("verl_reflect.required", required, replace=True)
+
+
+def is_required(cfg, key: str) -> bool:
+    """``key`` (``data.train_files``) still holds the recipe's ``${verl_reflect.required:...}``: nobody set it."""
+    from omegaconf import OmegaConf
+
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return node is not None and "${verl_reflect.required:" in str(OmegaConf.to_container(node)[leaf])
