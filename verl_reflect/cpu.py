@@ -18,7 +18,6 @@ Private verl names touched (verl is pinned to 0.9.1): ``verl.workers.rollout.bas
 
 from __future__ import annotations
 
-import logging
 import os
 from types import SimpleNamespace
 from typing import Any, Generator, Optional
@@ -29,9 +28,6 @@ from verl.plugin.platform import PlatformRegistry
 from verl.plugin.platform.platform_base import PlatformBase
 from verl.workers.rollout.base import _ROLLOUT_REGISTRY, BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
-
-logger = logging.getLogger(__file__)
-logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
 ROLLOUT_NAME = "hf"
 
