@@ -352,7 +352,7 @@ def test_flags_override_the_recipes_lengths_and_sampling(tiny_default):
         (["--recipe", "countdown_tiny_cpu", "actor_rollout_ref.no_such_key=1"], "recipe countdown_tiny_cpu:"),
         (["actor_rollout_ref.rollout.agent.agent_loop_config_path=/no/such.yaml"], "not found"),
         (["actor_rollout_ref.rollout.agent.agent_loop_config_path={bad}"], "no agent loop named reflect_retry"),
-        (["--backend", "verl"], "trainer.val_only=true"),
+        (["--backend", "vllm"], "invalid choice: 'vllm'"),
     ],
 )
 def test_recipe_errors_are_one_line(tmp_path, tiny_default, capsys, argv, message):

@@ -256,10 +256,15 @@ class HFBackend:
         return token, logp.gather(1, token[:, None])[:, 0]
 
 
-# The backends ``eval`` and ``build-failures`` take. ``verl`` (verl's own standalone rollout servers, the ones
-# training generates with: main_generation_server's init_standalone) is named so that asking for it says where
-# things stand instead of failing as an unknown name.
+# The backends ``eval`` and ``build-failures`` take: ``verl`` is verl's own rollout servers, started standalone
+# (``verl_reflect/servers.py``), the ones training generates with; ``hf`` is HFBackend in this process.
 BACKENDS = ("hf", "verl")
+
+
+def default_backend() -> str:
+    """``verl`` on a GPU machine (the recipe's vLLM servers), ``hf`` on a CPU: the backend the CPU trainer's
+    ``hf`` rollout serves with, in-process, without starting Ray."""
+    return "verl" if torch.cuda.is_available() else "hf"
 
 
 def check_model_dir(model_path: str | Path) -> Path:
@@ -271,16 +276,18 @@ def check_model_dir(model_path: str | Path) -> Path:
     return path
 
 
-def make_backend(model_path: str | Path, backend: str = "hf", *, max_batch_size: int = 16, **kwargs: Any) -> HFBackend:
-    """The generation backend for a local model directory: ``HFBackend`` (transformers, on the GPU if there is one);
-    ``kwargs`` go to it."""
+def make_backend(
+    model_path: str | Path, backend: str = "hf", *, config: Any = None, max_batch_size: int = 16, **kwargs: Any
+) -> Any:
+    """The generation backend for a local model directory: ``HFBackend`` (``kwargs`` go to it), or the recipe
+    ``config``'s rollout servers serving it (``VerlServers``)."""
     path = check_model_dir(model_path)
     if backend == "hf":
         return HFBackend(path, max_batch_size=max_batch_size, **kwargs)
     if backend == "verl":
-        raise UserError(
-            "--backend verl (verl's standalone rollout servers) is not wired into eval yet: on a GPU, evaluate with "
-            "the recipe through verl itself, python -m verl.trainer.main_ppo --config-name <recipe> "
-            "trainer.val_only=true (it reports first_try_correct/final_correct per data source), or use --backend hf"
-        )
+        if config is None:
+            raise ValueError("backend 'verl' starts the recipe's rollout servers: pass the composed recipe as config")
+        from verl_reflect.servers import VerlServers
+
+        return VerlServers(config, path)
     raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")

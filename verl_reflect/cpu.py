@@ -27,7 +27,7 @@ import torch
 from verl.plugin.platform import PlatformRegistry
 from verl.plugin.platform.platform_base import PlatformBase
 from verl.workers.rollout.base import _ROLLOUT_REGISTRY, BaseRollout
-from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
+from verl.workers.rollout.replica import RolloutMode, RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
 ROLLOUT_NAME = "hf"
 
@@ -216,6 +216,12 @@ def _server_name(replica_rank: int) -> str:
 
 class HFReplica(RolloutReplica):
     """Trainer side of the ``hf`` rollout: starts one ``HFServer`` actor per replica."""
+
+    async def init_standalone(self):
+        # The server loads model.path itself, and no trainer pushes weights to a standalone server: none of the
+        # checkpoint-engine workers verl's base class starts for that on a GPU resource pool.
+        self.rollout_mode = RolloutMode.STANDALONE
+        await self.launch_servers()
 
     async def launch_servers(self):
         server = (

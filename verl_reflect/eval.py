@@ -7,7 +7,8 @@
 Every row runs through the loop verl trains with (attempt; on failure reflect, then retry), built from the
 recipe exactly as verl's AgentLoopWorker builds it (``verl_reflect.recipe``): the recipe's ``reflect_retry``
 entry, its prompt/response lengths and its validation sampling (``rollout.val_kwargs``); flags override them.
-Generation runs on a backend from ``verl_reflect.backend`` instead of verl's rollout servers.
+On a GPU machine generation runs on the recipe's own rollout servers (vLLM), started standalone; on a CPU, on
+the transformers backend the CPU trainer's ``hf`` rollout serves with, in this process (``--backend``).
 Each finished trajectory is appended to ``<out-dir>/trajectories.jsonl`` at once, keyed by model
 label and ``index`` (the row's position in the data), so a re-run (or a run after Ctrl-C) skips the
 rows already there; the table and ``<out-dir>/accuracy.png`` are computed from the whole file.
@@ -87,7 +88,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     specs = resolve_models([args.model] + ([args.compare_model] if args.compare_model else []), loop_recipe)
     jsonl = args.out_dir / JSONL_NAME
     for spec in specs:
-        runner = Runner(spec, make_backend(spec.path, args.backend, max_batch_size=args.concurrency), loop_recipe)
+        generation = make_backend(spec.path, args.backend, config=loop_recipe.config, max_batch_size=args.concurrency)
+        runner = Runner(spec, generation, loop_recipe)
         try:
             evaluate(runner, rows, jsonl, sampling=loop_recipe.sampling, concurrency=args.concurrency)
         finally:

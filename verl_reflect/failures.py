@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     loop_recipe = recipe.load_recipe(args, recipe.training_sampling)
     (spec,) = resolve_models([args.model], loop_recipe)
     quiet_transformers()
-    runner = Runner(spec, make_backend(spec.path, args.backend, max_batch_size=args.concurrency), loop_recipe)
+    generation = make_backend(spec.path, args.backend, config=loop_recipe.config, max_batch_size=args.concurrency)
+    runner = Runner(spec, generation, loop_recipe)
     try:
         build_failures(
             runner,

@@ -19,7 +19,7 @@ from tqdm.asyncio import tqdm as tqdm_asyncio
 
 from reward_fns import get_compute_score
 from verl_reflect import data, recipe, tiny
-from verl_reflect.backend import BACKENDS, check_model_dir
+from verl_reflect.backend import BACKENDS, check_model_dir, default_backend
 from verl_reflect.cli_support import UserError, positive_int
 from verl_reflect.recipe import LoopRecipe
 
@@ -40,7 +40,11 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides of the recipe, as main_ppo")
     parser.add_argument("--model", help="local Hugging Face model directory (default: the recipe's model path)")
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="hf", help="hf: transformers, on the GPU if there is one (verl: not yet)"
+        "--backend",
+        choices=BACKENDS,
+        default=default_backend(),
+        help="verl: the recipe's rollout servers (vLLM), started standalone; hf: transformers in this process"
+        " (default: verl on a GPU machine, else hf)",
     )
     parser.add_argument("--data", type=Path, help=f"verl RL parquet (default: {DEFAULT_TEST_ROWS} Countdown problems)")
     parser.add_argument("--limit", type=positive_int, help="use only the first N rows")

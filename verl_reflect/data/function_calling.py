@@ -70,6 +70,9 @@ def load_xlam(path: str | Path) -> list[dict]:
     """Records of a local xlam-function-calling-60k copy: a JSON list of records, or JSON Lines.
 
     Every record is checked here, so a bad file fails with its name before anything is written.
+    Hand-written rather than ``datasets``' JSON loader: tried on a truncated JSON file and a JSON Lines file with
+    a bad line, that one raised ``DatasetGenerationError: An error occurred while generating the dataset`` for
+    both, naming neither the file nor the line.
     """
     path = Path(path)
     text = _read_text(path)
