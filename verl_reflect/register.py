@@ -9,7 +9,8 @@ every worker process. Importing it again is a no-op.
 
 import verl_reflect.advantage  # noqa: F401  (registers reflect_grpo)
 import verl_reflect.agent_loop  # noqa: F401  (registers reflect_retry)
-import verl_reflect.cpu  # noqa: F401  (registers the cpu platform and the hf rollout; inert unless selected)
+import verl_reflect.cpu  # noqa: F401  (registers the cpu platform; inert unless VERL_PLATFORM=cpu)
+import verl_reflect.hf_rollout  # noqa: F401  (registers the hf rollout; inert unless rollout.name=hf)
 import verl_reflect.trainer  # noqa: F401  (registers the reflect_sync trainer)
 from verl_reflect import tiny
 
