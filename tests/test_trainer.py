@@ -1,7 +1,6 @@
 """verl's real trainer: ``python -m verl.trainer.main_ppo`` with ``recipes/countdown_tiny_cpu.yaml``, as a subprocess.
 
-Two runs of 2 steps each (about a minute apiece on 2 cores), on test-only tasks the random tiny model can
-solve (``tests/fixtures/toy_tasks``):
+Three runs of 2 steps each (about a minute apiece on 2 cores), on test-only tasks (``tests/fixtures/toy_tasks``):
 
 - ``toy_tasks.parity``: about half the answers are right. ``verl-reflect build-failures`` keeps the prompts the
   tiny model failed, with their failed attempts, and the trainer replays them (``attempt: replay``): every row
@@ -10,6 +9,8 @@ solve (``tests/fixtures/toy_tasks``):
   validation metrics, and that the saved checkpoint loads in ``verl-reflect eval``.
 - ``toy_tasks.first_try``: every first attempt is right, so no batch holds a reflection token; verl's own
   ``sync`` trainer crashes there (``rollout_corr_helper.py``), ``reflect_sync`` skips the update.
+- ``toy_tasks.reverse``: a task added as the README's "Adding a task" says, in the tests only, from its failure set
+  through training and validation.
 """
 
 from __future__ import annotations
@@ -43,13 +44,15 @@ def write_task_data(directory: Path, data_source: str) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def build_failure_set(train: Path, out: Path, cache_dir: Path) -> Path:
-    """``verl-reflect build-failures`` with the tiny model, one attempt per prompt, in this process."""
+def build_failure_set(train: Path, out: Path, cache_dir: Path, *overrides: str) -> Path:
+    """``verl-reflect build-failures`` with the tiny model, one attempt per prompt, in this process (``overrides``:
+    the recipe's, as the trainer gets them)."""
     sys.path.insert(0, str(FIXTURES))  # it scores toy_tasks here
     old_cache = os.environ.get("VERL_REFLECT_CACHE")
     os.environ["VERL_REFLECT_CACHE"] = str(cache_dir)
     try:
-        failures.main(["--data", str(train), "--out", str(out), "--k", "1", "--recipe", "countdown_tiny_cpu"])
+        argv = ["--data", str(train), "--out", str(out), "--k", "1", "--recipe", "countdown_tiny_cpu", *overrides]
+        failures.main(argv)
     finally:
         sys.path.remove(str(FIXTURES))
         if old_cache is None:
@@ -59,14 +62,17 @@ def build_failure_set(train: Path, out: Path, cache_dir: Path) -> Path:
     return out
 
 
-def run_main_ppo(tmp_path: Path, cache_dir: Path, data_source: str, *overrides: str, failure_set=False) -> dict:
+def run_main_ppo(
+    tmp_path: Path, cache_dir: Path, data_source: str, *overrides: str, failure_set=False, splits=None
+) -> dict:
     """Train ``STEPS`` steps; returns the exit code, the per-step metrics and the output folders.
 
     ``failure_set``: train on what ``verl-reflect build-failures`` keeps of the train split (replayed attempts).
+    ``splits``: the train and test parquet (default: Countdown prompts scored by ``data_source``).
     """
-    train, test = write_task_data(tmp_path, data_source)
+    train, test = splits or write_task_data(tmp_path, data_source)
     if failure_set:
-        train = build_failure_set(train, tmp_path / "failures.parquet", cache_dir)
+        train = build_failure_set(train, tmp_path / "failures.parquet", cache_dir, *overrides)
     metrics_path = tmp_path / "metrics.jsonl"
     command = [
         sys.executable,
@@ -237,3 +243,63 @@ def test_a_step_with_no_reflection_token_skips_the_update_without_crashing(first
         assert all(math.isfinite(value) for value in step.values() if isinstance(value, float))
     for row in trained_rows(first_try_run, 1):
         assert not any(row["response_mask"]) and not any(row["advantages"])
+
+
+# ----------------------------------------------------------------------------- adding a task
+# The README's "Adding a task", done in the tests only: a verifier module (tests/fixtures/toy_tasks/reverse.py), an
+# agent-loop YAML with the task's prompts and caps (tests/fixtures/agent_loops/reverse.yaml), and rows of its own.
+# Nothing in verl_reflect/, reward_fns/ or recipes/ knows the task.
+
+REVERSE_LOOP = FIXTURES / "agent_loops" / "reverse.yaml"
+WORDS = ("planet", "orange", "silver", "garden", "candle", "motion", "pepper", "forest", "bridge", "window")
+
+
+def write_reverse_task(directory: Path) -> tuple[Path, Path]:
+    paths = []
+    for split, words in (("train", WORDS[:8]), ("test", WORDS[8:])):
+        rows = [
+            data.make_row(
+                "toy_tasks.reverse",
+                "You reverse words.",
+                f"Write the word {word} backwards inside <answer> </answer> tags.",
+                json.dumps({"word": word}),
+                index=i,
+                split=split,
+            )
+            for i, word in enumerate(words)
+        ]
+        data.write_parquet(rows, directory / f"{split}.parquet")
+        paths.append(directory / f"{split}.parquet")
+    return paths[0], paths[1]
+
+
+@pytest.fixture(scope="module")
+def reverse_run(tmp_path_factory, tiny_model_dir):
+    tmp_path = tmp_path_factory.mktemp("reverse")
+    return run_main_ppo(
+        tmp_path,
+        tiny_model_dir.parent,
+        "toy_tasks.reverse",
+        f"actor_rollout_ref.rollout.agent.agent_loop_config_path={REVERSE_LOOP}",
+        failure_set=True,
+        splits=write_reverse_task(tmp_path),
+    )
+
+
+def test_a_task_added_in_the_tests_only_builds_failures_trains_and_validates(reverse_run, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    check_ran(reverse_run)
+    failure_rows = data.read_rows(reverse_run["dir"] / "failures.parquet")
+    assert {row["data_source"] for row in failure_rows} == {"toy_tasks.reverse"} and len(failure_rows) == 8
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for step in range(1, STEPS + 1):
+        for row in trained_rows(reverse_run, step):
+            turns = {turn["kind"]: turn for turn in row["turns"]}
+            # The task's own caps and prompts, from its YAML.
+            assert turns["attempt"]["num_tokens"] <= 12 and turns["reflection"]["num_tokens"] <= 10
+            attempt_end = turns["attempt"]["start"] + turns["attempt"]["num_tokens"]
+            request = tokenizer.decode(row["response_ids"][attempt_end : turns["reflection"]["start"]])
+            assert "Say which letters you misplaced." in request
+    last = reverse_run["steps"][-1]
+    assert "val-aux/toy_tasks.reverse/final_correct/mean@1" in last

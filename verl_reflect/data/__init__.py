@@ -46,6 +46,7 @@ from verl_reflect.data.rows import (
     FAILED_ATTEMPTS_TYPE,
     FAILURES_AGENT_NAME,
     REQUIRED_COLUMNS,
+    make_row,
     read_rows,
     write_parquet,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "function_calling_rows",
     "load_xlam",
     "main",
+    "make_row",
     "read_rows",
     "write_parquet",
 ]

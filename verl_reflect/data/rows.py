@@ -40,6 +40,8 @@ FAILED_ATTEMPTS_TYPE = pa.list_(
 
 
 def make_row(data_source: str, system: str, user: str, ground_truth: str, *, index: int, split: str) -> dict:
+    """One row of verl's RL parquet for any task: a system and a user message, scored by ``data_source``'s
+    verifier against ``ground_truth`` (a JSON string); write a list of them with ``write_parquet``."""
     # Same keys in the same order for every task, so the inferred parquet schemas are identical.
     return {
         "prompt": [{"role": "system", "content": system}, {"role": "user", "content": user}],
