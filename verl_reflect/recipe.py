@@ -1,7 +1,8 @@
 """A recipe's loop, built as verl's trainer builds it: the one source of ``eval``'s and ``build-failures``' settings.
 
 ``compose`` reads a recipe as ``python -m verl.trainer.main_ppo --config-path recipes --config-name <recipe>``
-does (Hydra's compose API, the user's overrides after it, then resolved as main_ppo resolves it).
+does (Hydra's compose API, the user's overrides after it, then resolved as main_ppo resolves it);
+``compose_unresolved``, the Hydra call itself, is shared with ``dry-run``, which keeps the user's data files.
 ``build_loop`` instantiates the recipe's ``reflect_retry`` agent-loop entry with the very call verl's
 ``AgentLoopWorker._run_agent_loop`` makes. ``reflect_retry``, never ``reflect_retry_failures``: eval and
 build-failures measure first tries, so they generate them.
