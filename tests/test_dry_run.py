@@ -15,8 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from verl_reflect import cli, data
-from verl_reflect import dry_run as dry_run_module
+from verl_reflect import cli, cpu_step, data, recipe_checks
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith("_"))
@@ -195,14 +194,14 @@ def test_the_cpu_step_runs_failure_set_rows_as_plain_rows():
     # Stored attempts are token ids of the recipe's model: the tiny model cannot replay them.
     row = {**data.countdown_rows(1, seed=0, split="train")[0], "agent_name": data.FAILURES_AGENT_NAME}
     row[data.FAILED_ATTEMPTS] = [{"token_ids": [1, 2], "text": "x"}]
-    recipe = dry_run_module.Recipe(REPO, "r", [], cfg=None, rows=[row, row, row])
-    (plain,) = dry_run_module.step_rows(recipe, 1)
+    recipe = recipe_checks.Recipe(REPO, "r", [], cfg=None, rows=[row, row, row])
+    (plain,) = cpu_step.step_rows(recipe, 1)
     assert plain["agent_name"] == data.AGENT_NAME and data.FAILED_ATTEMPTS not in plain
     assert plain["prompt"] == row["prompt"]
 
 
 def test_the_cpu_overrides_come_from_the_cpu_recipe():
-    overrides = dry_run_module.cpu_overrides()
+    overrides = cpu_step.cpu_overrides()
     assert "++actor_rollout_ref.rollout.name=hf" in overrides
     assert "++trainer.device=cpu" in overrides
     assert "++actor_rollout_ref.model.path=${verl_reflect.tiny_model:}" in overrides

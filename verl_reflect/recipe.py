@@ -1,7 +1,8 @@
 """A recipe's loop, built as verl's trainer builds it: the one source of ``eval``'s and ``build-failures``' settings.
 
 ``compose`` reads a recipe as ``python -m verl.trainer.main_ppo --config-path recipes --config-name <recipe>``
-does (Hydra's compose API, the user's overrides after it, then resolved as main_ppo resolves it).
+does (Hydra's compose API, the user's overrides after it, then resolved as main_ppo resolves it);
+``compose_unresolved``, the Hydra call itself, is shared with ``dry-run``, which keeps the user's data files.
 ``build_loop`` instantiates the recipe's ``reflect_retry`` agent-loop entry with the very call verl's
 ``AgentLoopWorker._run_agent_loop`` makes. ``reflect_retry``, never ``reflect_retry_failures``: eval and
 build-failures measure first tries, so they generate them.
@@ -37,15 +38,27 @@ def recipe_file(recipe: str) -> Path:
     if path.suffix not in (".yaml", ".yml"):
         path = RECIPES_DIR / f"{recipe}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if not p.name.startswith("_"))
-        raise UserError(f"no recipe {recipe!r} ({path} does not exist); recipes here: {', '.join(known)}")
+        raise UserError(f"no recipe {recipe!r} ({path} does not exist); recipes here: {', '.join(recipe_names())}")
     return path.resolve()
+
+
+def recipe_names(folder: Path = RECIPES_DIR) -> list[str]:
+    """The recipes in ``folder``, by name; ``_``-files are the sections recipes share, not recipes."""
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.name.startswith("_"))
+
+
+def compose_unresolved(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig:
+    """Hydra's compose of ``config_name`` from ``config_dir`` with ``overrides``, as main_ppo composes it
+    (``--config-path``, ``--config-name``, then the overrides); unresolved. Raises Hydra's and OmegaConf's errors."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
 def compose(recipe: str = DEFAULT_RECIPE, overrides: list[str] = ()) -> DictConfig:
     """The recipe's whole trainer config with ``overrides`` (Hydra syntax), resolved as main_ppo resolves it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -55,8 +68,7 @@ def compose(recipe: str = DEFAULT_RECIPE, overrides: list[str] = ()) -> DictConf
     try:
         # eval and build-failures read their rows from --data, never the recipe's training files.
         unused_data = ["data.train_files=null", "data.val_files=null"]
-        with initialize_config_dir(config_dir=str(path.parent), version_base=None):
-            cfg = hydra_compose(config_name=path.stem, overrides=unused_data + list(overrides))
+        cfg = compose_unresolved(path.parent, path.stem, unused_data + list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -67,6 +79,11 @@ def compose(recipe: str = DEFAULT_RECIPE, overrides: list[str] = ()) -> DictConf
 def hydra_quote(value: str) -> str:
     """``value`` as a quoted Hydra override value: paths may hold characters Hydra's grammar reserves."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def override_key(override: str) -> str:
+    """The key a Hydra override sets: ``data.train_files`` of ``++data.train_files=x.parquet``."""
+    return override.lstrip("+~").split("=", 1)[0]
 
 
 def agent_loop_config_path(cfg: DictConfig, recipe: str) -> Path:
