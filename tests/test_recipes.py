@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -306,3 +307,36 @@ def test_eval_builds_the_loop_the_trainer_builds(name, tiny_model_dir, monkeypat
         assert eval_loop.max_attempt_tokens in (640, 512)
     else:
         assert (eval_loop.max_attempt_tokens, eval_loop.max_reflection_tokens) == (32, 24)
+
+
+def header_command(recipe_name: str) -> list[str]:
+    """The ``main_ppo`` launch command in the recipe's header comment, as a shell run from the repository's root
+    would split it."""
+    header = []
+    for line in (REPO / "recipes" / f"{recipe_name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("#").strip())
+    start = next(i for i, line in enumerate(header) if "verl.trainer.main_ppo" in line)
+    command = ""
+    for line in header[start:]:
+        command += line.removesuffix("\\") + " "
+        if not line.endswith("\\"):
+            break
+    return shlex.split(command.replace("$PWD", str(REPO)))
+
+
+@pytest.mark.parametrize("name", [*RECIPES, "countdown_tiny_cpu"])
+def test_each_recipes_header_command_launches_it(name, monkeypatch, tiny_model_dir):
+    argv = header_command(name)
+    argv = argv[argv.index("verl.trainer.main_ppo") + 1 :]
+    # Hydra resolves a relative --config-path against verl's package, not the shell's directory.
+    assert argv[:4] == ["--config-path", str(REPO / "recipes"), "--config-name", name]
+    overrides = argv[4:]
+    assert {o.split("=", 1)[0] for o in overrides} >= {"data.train_files", "data.val_files"}
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))  # the CPU recipe's model, already built
+    cfg = recipe.compose_unresolved(REPO / "recipes", name, overrides)
+    OmegaConf.resolve(cfg)
+    assert cfg.algorithm.adv_estimator == "reflect_grpo"
+    assert Path(cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path).is_file()  # from the launch directory
