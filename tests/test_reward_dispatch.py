@@ -161,13 +161,19 @@ def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
 
-def test_extract_answer_is_linear():
-    import time
+def test_extract_answer_is_two_linear_scans_on_hostile_input():
+    # Linear by construction, not by a stopwatch: two str.rfind passes (C, linear) over the text, nothing that can
+    # backtrack (a regex over megabytes of nested tags would not call rfind at all).
+    scans = []
 
-    text = "<answer>" * 1_000_000 + "</answer>" + "</answer" * 1_000_000
-    start = time.perf_counter()
+    class Text(str):
+        def rfind(self, *args):
+            scans.append(args[1:])
+            return str.rfind(self, *args)
+
+    text = Text("<answer>" * 1_000_000 + "</answer>" + "</answer" * 1_000_000)
     assert extract_answer(text) == ""
-    assert time.perf_counter() - start < 1.0
+    assert scans == [(), (0, 8_000_000)]  # the last </answer>, then the nearest <answer> before it
 
 
 # --- preview (error messages about ground truths) --------------------------------------------------
