@@ -23,3 +23,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     default model reuse this build instead of writing to the home directory.
     """
     return tiny.default_model_dir(tmp_path_factory.mktemp("verl-reflect-cache"))
+
+
+@pytest.fixture
+def tiny_default(tiny_model_dir, monkeypatch):
+    """Commands without --model (the tiny recipe's model) reuse the session's tiny model instead of building into
+    ~/.cache."""
+    monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))

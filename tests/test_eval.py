@@ -25,12 +25,6 @@ SMALL = ["--max-attempt-tokens", "8", "--max-reflection-tokens", "6", "--respons
 
 
 @pytest.fixture
-def tiny_default(tiny_model_dir, monkeypatch):
-    """Commands without --model reuse the session's tiny model instead of building into ~/.cache."""
-    monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
-
-
-@pytest.fixture
 def count_trajectories(monkeypatch):
     """Count the trajectories really generated (not skipped by resuming)."""
     calls = []

@@ -327,7 +327,7 @@ def header_command(recipe_name: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", [*RECIPES, "countdown_tiny_cpu"])
-def test_each_recipes_header_command_launches_it(name, monkeypatch, tiny_model_dir):
+def test_each_recipes_header_command_launches_it(name, monkeypatch, tiny_default):
     argv = header_command(name)
     argv = argv[argv.index("verl.trainer.main_ppo") + 1 :]
     # Hydra resolves a relative --config-path against verl's package, not the shell's directory.
@@ -335,7 +335,6 @@ def test_each_recipes_header_command_launches_it(name, monkeypatch, tiny_model_d
     overrides = argv[4:]
     assert {o.split("=", 1)[0] for o in overrides} >= {"data.train_files", "data.val_files"}
     monkeypatch.chdir(REPO)
-    monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))  # the CPU recipe's model, already built
     cfg = recipe.compose_unresolved(REPO / "recipes", name, overrides)
     OmegaConf.resolve(cfg)
     assert cfg.algorithm.adv_estimator == "reflect_grpo"

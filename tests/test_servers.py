@@ -17,11 +17,6 @@ from verl_reflect.servers import standalone_rollout
 
 
 @pytest.fixture
-def tiny_default(tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
-
-
-@pytest.fixture
 def client_outputs(monkeypatch):
     """Every TokenOutput verl's LLMServerClient returned in this process."""
     from verl.workers.rollout.llm_server import LLMServerClient
