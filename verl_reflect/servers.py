@@ -10,6 +10,7 @@ load balancer and server as in training: vLLM or SGLang with the recipe's rollou
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,10 @@ class VerlServers:
         self.config = standalone_rollout(
             config, model_path, torch.cuda.device_count() if torch.cuda.is_available() else None
         )
+        rollout = self.config.actor_rollout_ref.rollout
+        replicas = rollout.n_gpus_per_node * rollout.nnodes // rollout.tensor_model_parallel_size
+        # Minutes for a large model on vLLM, with verl's own logs the only sign of life: say what is happening.
+        print(f"starting {replicas} standalone {name} rollout server(s) for {model_path} (verl)", file=sys.stderr)
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
             ray_init = OmegaConf.to_container(self.config.ray_kwargs.get("ray_init", {}))
