@@ -37,13 +37,17 @@ def _records(path):
     return sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda r: r["index"])
 
 
-def test_eval_through_verls_standalone_servers_matches_in_process_generation(tmp_path, tiny_default, client_outputs):
+def test_eval_through_verls_standalone_servers_matches_in_process_generation(
+    tmp_path, tiny_default, client_outputs, capsys
+):
     import ray
 
     args = ["eval", "--limit", "4"]
     assert cli.main([*args, "--backend", "hf", "--out-dir", str(tmp_path / "hf")]) == 0
     assert client_outputs == []
+    table = capsys.readouterr().out
     assert cli.main([*args, "--backend", "verl", "--out-dir", str(tmp_path / "verl")]) == 0
+    assert capsys.readouterr().out.replace("verl/", "hf/") == table  # stdout is the table alone, as in-process
 
     # Greedy validation sampling on the same weights: the server path changes where tokens come from, not which.
     served = _records(tmp_path / "verl" / store.JSONL_NAME)

@@ -10,6 +10,7 @@ load balancer and server as in training: vLLM or SGLang with the recipe's rollou
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,8 @@ class VerlServers:
             ray_init = OmegaConf.to_container(self.config.ray_kwargs.get("ray_init", {}))
             runtime_env = OmegaConf.merge(get_ppo_ray_runtime_env(self.config), ray_init.pop("runtime_env", None) or {})
             ray.init(**ray_init, runtime_env=OmegaConf.to_container(runtime_env))
-        self.manager = LLMServerManager.create(config=self.config)
+        with contextlib.redirect_stdout(sys.stderr):  # verl prints the server addresses; stdout is the table's
+            self.manager = LLMServerManager.create(config=self.config)
         self.client = self.manager.get_client()
 
     async def generate(self, request_id: str, **kwargs: Any):
