@@ -20,12 +20,17 @@ from omegaconf import DictConfig, OmegaConf
 from verl_reflect.cli_support import UserError
 
 
+def replica_gpus(rollout: DictConfig) -> int:
+    """GPUs one server replica takes: verl's ``RolloutReplica.world_size``."""
+    return rollout.tensor_model_parallel_size * rollout.data_parallel_size * rollout.pipeline_model_parallel_size
+
+
 def standalone_rollout(config: DictConfig, model_path: str | Path, visible_gpus: int | None) -> DictConfig:
     """``config`` with ``model_path`` as its model and its rollout set up to serve standalone on this machine.
 
     A recipe leaves ``rollout.nnodes`` at 0 (the servers share the trainer's GPUs); here they get this machine
     alone: one node, ``rollout.n_gpus_per_node`` capped at the ``visible_gpus`` it has (None: take the recipe's
-    count as it is, e.g. the CPU path's declared one). One replica per ``tensor_model_parallel_size`` GPUs. The
+    count as it is, e.g. the CPU path's declared one). One replica per ``replica_gpus`` GPUs. The
     servers load the weights from ``model_path`` themselves (``load_format: auto``).
     """
     cfg = config.copy()
@@ -39,7 +44,7 @@ def standalone_rollout(config: DictConfig, model_path: str | Path, visible_gpus:
         rollout.nnodes = 1
         if visible_gpus is not None:
             rollout.n_gpus_per_node = min(rollout.n_gpus_per_node, visible_gpus)
-    per_replica = rollout.tensor_model_parallel_size * rollout.data_parallel_size * rollout.pipeline_model_parallel_size
+    per_replica = replica_gpus(rollout)
     if rollout.n_gpus_per_node * rollout.nnodes < per_replica:
         raise UserError(
             f"a {rollout.name} replica needs {per_replica} GPUs (rollout tensor/data/pipeline parallel sizes) and "
@@ -77,7 +82,7 @@ class VerlServers:
             config, model_path, torch.cuda.device_count() if torch.cuda.is_available() else None
         )
         rollout = self.config.actor_rollout_ref.rollout
-        replicas = rollout.n_gpus_per_node * rollout.nnodes // rollout.tensor_model_parallel_size
+        replicas = rollout.n_gpus_per_node * rollout.nnodes // replica_gpus(rollout)
         # Minutes for a large model on vLLM, with verl's own logs the only sign of life: say what is happening.
         print(f"starting {replicas} standalone {name} rollout server(s) for {model_path} (verl)", file=sys.stderr)
         self._started_ray = not ray.is_initialized()
