@@ -33,6 +33,7 @@ from bench_agent_loop import InstantServer, cpu_ms_per_trajectory
 from verl_reflect import data
 from verl_reflect.advantage import compute_reflect_grpo_advantage
 from verl_reflect.agent_loop import ReflectRetryAgentLoop
+from verl_reflect.recipe import main_ppo_command
 from verl_reflect.tiny import build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,13 +54,11 @@ def write_toy_data(workdir: Path, train_rows: int) -> None:
 def run_trainer(steps: int, workdir: Path, train: Path, *overrides: str) -> list[dict]:
     metrics = workdir / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
-    command = [
-        sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(REPO / "recipes"),
-        "--config-name", "countdown_tiny_cpu", f"data.train_files={train}",
-        f"data.val_files={workdir / 'test.parquet'}", f"trainer.total_training_steps={steps}",
-        "trainer.test_freq=-1", "trainer.save_freq=-1", f"trainer.default_local_dir={workdir / 'ckpt'}",
-        "trainer.logger=[console,file]", *overrides,
-    ]  # fmt: skip
+    command = main_ppo_command("countdown_tiny_cpu", [
+        f"data.train_files={train}", f"data.val_files={workdir / 'test.parquet'}",
+        f"trainer.total_training_steps={steps}", "trainer.test_freq=-1", "trainer.save_freq=-1",
+        f"trainer.default_local_dir={workdir / 'ckpt'}", "trainer.logger=[console,file]", *overrides,
+    ])  # fmt: skip
     env = {
         **os.environ,
         "VERL_PLATFORM": "cpu",

@@ -7,7 +7,6 @@ import importlib
 import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import hydra
@@ -144,8 +143,7 @@ def test_a_launch_without_training_data_stops_and_says_what_to_set():
     # Regression: the recipes once said `train_files: ???`, which OmegaConf drops when merging over verl's own
     # default, so a launch without data.train_files went on with verl's GSM8K paths.
     result = subprocess.run(
-        [sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(REPO / "recipes"), "--config-name",
-         RECIPES[0], "data.val_files=/data/test.parquet"],
+        recipe.main_ppo_command(RECIPES[0], ["data.val_files=/data/test.parquet"]),
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
     assert result.returncode != 0
@@ -157,18 +155,7 @@ def test_the_readme_training_command_composes():
     # `--cfg job` makes verl's own entry point compose and print the config, then exit before training.
     name = RECIPES[0]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "verl.trainer.main_ppo",
-            "--config-path",
-            str(REPO / "recipes"),
-            "--config-name",
-            name,
-            *DATA,
-            "--cfg",
-            "job",
-        ],
+        recipe.main_ppo_command(name, [*DATA, "--cfg", "job"]),
         capture_output=True,
         text=True,
         timeout=300,

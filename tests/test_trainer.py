@@ -26,6 +26,7 @@ import pytest
 from safetensors.torch import load_file
 
 from verl_reflect import data, failures
+from verl_reflect.recipe import main_ppo_command
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 2
@@ -74,22 +75,18 @@ def run_main_ppo(
     if failure_set:
         train = build_failure_set(train, tmp_path / "failures.parquet", cache_dir, *overrides)
     metrics_path = tmp_path / "metrics.jsonl"
-    command = [
-        sys.executable,
-        "-m",
-        "verl.trainer.main_ppo",
-        "--config-path",
-        str(REPO / "recipes"),
-        "--config-name",
+    command = main_ppo_command(
         "countdown_tiny_cpu",
-        f"data.train_files={train}",
-        f"data.val_files={test}",
-        f"trainer.total_training_steps={STEPS}",
-        f"trainer.default_local_dir={tmp_path / 'checkpoints'}",
-        f"trainer.rollout_data_dir={tmp_path / 'rollouts'}",
-        "trainer.logger=[console,file]",
-        *overrides,
-    ]
+        [
+            f"data.train_files={train}",
+            f"data.val_files={test}",
+            f"trainer.total_training_steps={STEPS}",
+            f"trainer.default_local_dir={tmp_path / 'checkpoints'}",
+            f"trainer.rollout_data_dir={tmp_path / 'rollouts'}",
+            "trainer.logger=[console,file]",
+            *overrides,
+        ],
+    )
     env = {
         **os.environ,
         "VERL_PLATFORM": "cpu",

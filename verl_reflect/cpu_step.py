@@ -11,7 +11,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect.recipe import RECIPES_DIR, override_key
+from verl_reflect.recipe import RECIPES_DIR, main_ppo_command, override_key
 from verl_reflect.recipe_checks import Check, Recipe, failed, passed, verl_agent_loop_path
 
 # The CPU recipe is the one place the values a 2-core CPU needs live; the dry run takes these keys from it.
@@ -123,17 +122,8 @@ def check_trainer_step(recipe: Recipe, rows: int, timeout: int) -> Check:
     data.write_parquet(step_rows(recipe, rows), train)
     ours = step_overrides(recipe, train, out_dir, rows)
     replaced = {override_key(o) for o in ours}
-    command = [
-        sys.executable,
-        "-m",
-        "verl.trainer.main_ppo",
-        "--config-path",
-        str(recipe.config_dir),
-        "--config-name",
-        recipe.config_name,
-        *[o for o in recipe.overrides if override_key(o) not in replaced],
-        *ours,
-    ]
+    kept = [o for o in recipe.overrides if override_key(o) not in replaced]
+    command = main_ppo_command(recipe.config_name, [*kept, *ours], recipe.config_dir)
     metrics_path, log_path = out_dir / "metrics.jsonl", out_dir / "main_ppo.log"
     env = {**os.environ, "VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(metrics_path)}
     start = time.monotonic()

@@ -16,19 +16,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
-from verl_reflect import data, failures, report, runner, store
+from verl_reflect import data, failures, recipe, report, runner, store
 from verl_reflect import eval as eval_cmd
 from verl_reflect.cli_support import ArgumentParser, UserError
+from verl_reflect.recipe import RECIPES_DIR
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 RECIPE = "countdown_tiny_cpu"
-AGENT_LOOP_CONFIG = RECIPES / "agent_loops" / "countdown_tiny.yaml"  # absolute: main_ppo runs from any directory
+AGENT_LOOP_CONFIG = RECIPES_DIR / "agent_loops" / "countdown_tiny.yaml"  # absolute: main_ppo runs from any directory
 STEP_COLUMNS = {  # per-step metric -> column title
     "reflect/first_try_correct": "first try",
     "reflect/final_correct": "after reflection",
@@ -42,23 +41,19 @@ STEP_COLUMNS = {  # per-step metric -> column title
 
 def main_ppo_command(train: Path, test: Path, out_dir: Path, steps: int) -> list[str]:
     """The README's CPU training command, with the demo's data and output folders."""
-    return [
-        sys.executable,
-        "-m",
-        "verl.trainer.main_ppo",
-        "--config-path",
-        str(RECIPES),
-        "--config-name",
+    return recipe.main_ppo_command(
         RECIPE,
-        f"data.train_files={train}",
-        f"data.val_files={test}",
-        f"actor_rollout_ref.rollout.agent.agent_loop_config_path={AGENT_LOOP_CONFIG}",
-        f"trainer.total_training_steps={steps}",
-        f"trainer.save_freq={steps}",
-        f"trainer.test_freq={steps}",
-        f"trainer.default_local_dir={out_dir / 'checkpoints'}",
-        "trainer.logger=[console,file]",
-    ]
+        [
+            f"data.train_files={train}",
+            f"data.val_files={test}",
+            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={AGENT_LOOP_CONFIG}",
+            f"trainer.total_training_steps={steps}",
+            f"trainer.save_freq={steps}",
+            f"trainer.test_freq={steps}",
+            f"trainer.default_local_dir={out_dir / 'checkpoints'}",
+            "trainer.logger=[console,file]",
+        ],
+    )
 
 
 def train(train: Path, test: Path, out_dir: Path, steps: int) -> tuple[Path, list[dict]]:
@@ -102,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the Countdown problems")
     parser.add_argument("--steps", type=int, default=2, help="trainer steps")
     args = parser.parse_args(argv)
-    if not RECIPES.is_dir():
-        raise UserError(f"the demo trains with this repository's recipes ({RECIPES}): install it with pip install -e .")
+    if not RECIPES_DIR.is_dir():
+        raise UserError(
+            f"the demo trains with this repository's recipes ({RECIPES_DIR}): install it with pip install -e ."
+        )
     out_dir = args.out_dir.resolve()
     runner.quiet_transformers()
 

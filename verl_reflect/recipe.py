@@ -15,7 +15,7 @@ import contextlib
 import io
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,21 @@ RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 # The embedded tiny model and its small CPU budget: what runs when no --recipe and no --model are given.
 DEFAULT_RECIPE = "countdown_tiny_cpu"
 EVAL_AGENT_LOOP = "reflect_retry"
+
+
+def main_ppo_command(config_name: str, overrides: Iterable[str] = (), config_dir: Path = RECIPES_DIR) -> list[str]:
+    """``python -m verl.trainer.main_ppo`` on a recipe, as the README launches it (an absolute ``--config-path``:
+    Hydra resolves a relative one against verl's package), as an argv for ``subprocess``."""
+    return [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        "--config-path",
+        str(config_dir),
+        "--config-name",
+        config_name,
+        *overrides,
+    ]
 
 
 def recipe_file(recipe: str) -> Path:
