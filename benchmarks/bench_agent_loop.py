@@ -60,6 +60,16 @@ def batch_of_trajectories(loop_cls, tokenizer, server, trajectories: int, respon
     return lambda: asyncio.run(run_all())
 
 
+def cpu_ms_per_trajectory(
+    loop_cls, tokenizer, server, trajectories: int, response_length: int, repeats: int = 5, **kwargs
+) -> float:
+    """CPU milliseconds one trajectory of ``loop_cls`` costs: the best of ``repeats`` batches after a warm-up (other
+    load on the machine only ever adds). ``bench_trainer_step.py`` prices the plugin's share of a step with it."""
+    run = batch_of_trajectories(loop_cls, tokenizer, server, trajectories, response_length, **kwargs)
+    seconds = interleaved({"loop": run}, repeats, clock=time.process_time)["loop"]
+    return 1e3 * min(seconds) / trajectories
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trajectories", type=int, default=100)
