@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect.recipe import RECIPES_DIR, main_ppo_command, override_key
-from verl_reflect.recipe_checks import Check, Recipe, failed, passed, verl_agent_loop_path
+from verl_reflect.commands.config_checks import Check, Recipe, failed, passed, verl_agent_loop_path
+from verl_reflect.commands.main_ppo import run_main_ppo
+from verl_reflect.commands.recipe import RECIPES_DIR, override_key
 
 # The CPU recipe is the one place the values a 2-core CPU needs live; the dry run takes these keys from it.
 CPU_RECIPE = RECIPES_DIR / "countdown_tiny_cpu.yaml"
@@ -63,7 +61,7 @@ def step_group(cfg: DictConfig) -> int:
     return min(int(cfg.actor_rollout_ref.rollout.n), MAX_STEP_GROUP)
 
 
-def step_overrides(recipe: Recipe, train: Path, out_dir: Path, rows: int) -> list[str]:
+def step_overrides(recipe: Recipe, train: Path, rows: int) -> list[str]:
     """What a one-step CPU run changes: the CPU keys, a batch of ``rows`` prompts, one step, no save/validation."""
     cfg = recipe.cfg
     group = step_group(cfg)
@@ -89,8 +87,6 @@ def step_overrides(recipe: Recipe, train: Path, out_dir: Path, rows: int) -> lis
         "trainer.val_before_train=false",
         "trainer.test_freq=-1",
         "trainer.save_freq=-1",
-        f"trainer.default_local_dir={out_dir / 'checkpoints'}",
-        "trainer.logger=[console,file]",
     ]
 
 
@@ -120,44 +116,30 @@ def check_trainer_step(recipe: Recipe, rows: int, timeout: int) -> Check:
     out_dir = Path(tempfile.mkdtemp(prefix="verl-reflect-dry-run-"))
     train = out_dir / "train.parquet"
     data.write_parquet(step_rows(recipe, rows), train)
-    ours = step_overrides(recipe, train, out_dir, rows)
+    ours = step_overrides(recipe, train, rows)
     replaced = {override_key(o) for o in ours}
     kept = [o for o in recipe.overrides if override_key(o) not in replaced]
-    command = main_ppo_command(recipe.config_name, [*kept, *ours], recipe.config_dir)
-    metrics_path, log_path = out_dir / "metrics.jsonl", out_dir / "main_ppo.log"
-    env = {**os.environ, "VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(metrics_path)}
-    start = time.monotonic()
-    with open(log_path, "w") as log:
-        try:
-            proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return failed(name, f"no step within {timeout} s; log: {log_path}", "--step-timeout or a less busy machine")
-    seconds = time.monotonic() - start
-    steps = (
-        [json.loads(line)["data"] for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
-    )
-    if proc.returncode != 0 or not steps:
-        return failed(name, f"main_ppo exited with code {proc.returncode}: {last_error(log_path)}", f"see {log_path}")
-    metrics = steps[0]
+    run = run_main_ppo(
+        recipe.config_name, [*kept, *ours], out_dir=out_dir, config_dir=recipe.config_dir, timeout=timeout,
+        progress=False,
+    )  # fmt: skip
+    if run.timed_out:
+        return failed(name, f"no step within {timeout} s; log: {run.log_path}", "--step-timeout or a less busy machine")
+    if run.returncode != 0 or not run.steps:
+        return failed(name, f"main_ppo exited with code {run.returncode}: {run.last_error()}", f"see {run.log_path}")
+    metrics = run.steps[0]
     reflect = {k: v for k, v in metrics.items() if k.startswith("reflect/")}
     not_finite = [k for k, v in reflect.items() if not math.isfinite(v)]
     if not reflect or not_finite:
         what = ", ".join(not_finite) if not_finite else "no reflect/* metric"
-        return failed(name, f"step 1 logged {what}; log: {log_path}", "check the trainer (trainer.v1.trainer_mode)")
+        return failed(name, f"step 1 logged {what}; log: {run.log_path}", "check the trainer (trainer.v1.trainer_mode)")
     shutil.rmtree(out_dir, ignore_errors=True)
     # The random tiny model rarely solves a retry, so a step often has no advantage to train on: say so, since
     # then the actor update did not run (reflect_sync skips it).
     update = "actor updated" if not reflect.get("reflect/skipped_update") else "actor update skipped (no gradient)"
     return passed(
         name,
-        f"1 step of main_ppo on CPU in {seconds:.0f} s ({rows} prompts x n={step_group(recipe.cfg)}, "
+        f"1 step of main_ppo on CPU in {run.seconds:.0f} s ({rows} prompts x n={step_group(recipe.cfg)}, "
         f"tiny model): reflected {reflect.get('reflect/reflected', float('nan')):.2f}, "
         f"rows with gradient {reflect.get('reflect/rows_with_gradient', float('nan')):.2f}, {update}",
     )
-
-
-def last_error(log_path: Path) -> str:
-    """The last line of the log that names an error (Ray prints the worker's exception last), else its last line."""
-    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if "Error" in line or "error" in line]
-    return (errors or lines or ["no output"])[-1][:300]
