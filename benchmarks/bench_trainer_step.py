@@ -32,6 +32,7 @@ from verl_reflect import data
 from verl_reflect.advantage import compute_reflect_grpo_advantage
 from verl_reflect.agent_loop import ReflectRetryAgentLoop
 from verl_reflect.commands.main_ppo import run_main_ppo
+from verl_reflect.commands.recipe import DEFAULT_RECIPE
 from verl_reflect.cpu.tiny import build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +42,7 @@ ROWS_PER_STEP, RESPONSE_LENGTH, TURN_TOKENS = 16, 256, 32  # the CPU recipe: 4 x
 
 FIXTURES = REPO / "tests" / "fixtures"
 AGENT_LOOPS = REPO / "recipes" / "agent_loops" / "countdown_tiny.yaml"
+TOY_TASKS = "reward.custom_reward_function.reward_kwargs.task_packages=[toy_tasks]"  # the toy task's package
 
 
 def write_toy_data(workdir: Path, train_rows: int) -> None:
@@ -51,10 +53,11 @@ def write_toy_data(workdir: Path, train_rows: int) -> None:
 
 def run_trainer(steps: int, workdir: Path, train: Path, *overrides: str) -> list[dict]:
     run = run_main_ppo(
-        "countdown_tiny_cpu",
+        DEFAULT_RECIPE,
         [
             f"data.train_files={train}", f"data.val_files={workdir / 'test.parquet'}",
-            f"trainer.total_training_steps={steps}", "trainer.test_freq=-1", "trainer.save_freq=-1", *overrides,
+            f"trainer.total_training_steps={steps}", "trainer.test_freq=-1", "trainer.save_freq=-1", TOY_TASKS,
+            *overrides,
         ],
         out_dir=workdir / "main_ppo",
         cwd=REPO,
@@ -93,7 +96,7 @@ def replay_vs_generate(steps: int) -> None:
         failure_set = workdir / "failures.parquet"
         build_failures.main(
             ["--data", str(workdir / "train.parquet"), "--out", str(failure_set), "--k", "1",
-             "--recipe", "countdown_tiny_cpu"]
+             "--recipe", DEFAULT_RECIPE, TOY_TASKS]
         )  # fmt: skip
         generate_loops = OmegaConf.load(AGENT_LOOPS)
         for entry in generate_loops:

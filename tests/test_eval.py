@@ -18,6 +18,7 @@ import pytest
 
 from verl_reflect import data
 from verl_reflect.commands import cli, evaluate, recipe, report, runner, trajectories
+from verl_reflect.commands.errors import UserError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Short turns so a real-model budget (the path taken with --model) stays fast on the tiny model.
@@ -368,3 +369,19 @@ def test_recipe_errors_are_one_line(tmp_path, tiny_default, capsys, argv, messag
     rc = cli.main(["eval", *argv, "--out-dir", str(tmp_path / "o")])
     _assert_one_line_error(capsys, rc, message)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("recipe_name", "data_source"),
+    [("countdown_qwen2.5-1.5b", "countdown"), ("function_calling_phi3.5-mini", "function_calling")],
+)
+def test_without_data_the_rows_are_the_recipes_task(recipe_name, data_source):
+    """eval and build-failures without --data run rows of the task the recipe trains (its verl_reflect.task)."""
+    rows = runner.load_rows(None, recipe.compose(recipe_name), limit=3, seed=0)
+    assert len(rows) == 3 and {row["data_source"] for row in rows} == {data_source}
+
+
+def test_a_recipe_without_a_known_task_asks_for_data():
+    cfg = recipe.compose("countdown_qwen2.5-1.5b", ["verl_reflect.task=sudoku"])
+    with pytest.raises(UserError, match=r"verl_reflect.task is 'sudoku', not one of countdown, function_calling"):
+        runner.load_rows(None, cfg, limit=3, seed=0)

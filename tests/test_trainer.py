@@ -36,6 +36,8 @@ STEPS = 2
 
 
 FIXTURES = REPO / "tests" / "fixtures"
+# The recipe allows the test-only task package; a dataset alone cannot make reward_fns import it.
+TOY_TASKS = "reward.custom_reward_function.reward_kwargs.task_packages=[toy_tasks]"
 
 
 def write_task_data(directory: Path, data_source: str) -> tuple[Path, Path]:
@@ -75,6 +77,7 @@ def train(
     ``splits``: the train and test parquet (default: Countdown prompts scored by ``data_source``).
     """
     train_file, test = splits or write_task_data(tmp_path, data_source)
+    overrides = (TOY_TASKS, *overrides)
     if failure_set:
         train_file = build_failure_set(train_file, tmp_path / "failures.parquet", cache_dir, *overrides)
     return run_main_ppo(

@@ -29,6 +29,7 @@ import os
 from typing import Any, Optional
 from uuid import uuid4
 
+from omegaconf import OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
 from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
 from verl.utils.profiler import simple_timer
@@ -36,7 +37,7 @@ from verl.utils.rollout_trace import rollout_trace_op
 from verl.utils.tokenizer.continuous_token import ContinuousTokenBuilder, MergeResult
 from verl.workers.rollout.replica import TokenOutput
 
-from reward_fns import get_compute_score
+from reward_fns import TASK_PACKAGES_KEY, get_compute_score
 from verl_reflect.turn_boundary import TemplateTurnBoundary, template_end_of_turn_id, turn_boundary_for
 
 logger = logging.getLogger(__file__)
@@ -114,6 +115,7 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         self.max_attempt_tokens = max_attempt_tokens
         self.max_reflection_tokens = max_reflection_tokens
         self.response_length = self.rollout_config.response_length
+        self.task_packages = task_packages(self.config)
         # verl's default builder (every model_type without a builder of its own) renders user turns out of
         # context: it drops the template's separator after the end-of-turn token, and fails on templates that
         # end renders with eos_token or demand alternating roles. There the template's own rendering is used.
@@ -131,7 +133,7 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         data_source = kwargs["data_source"]
         ground_truth = kwargs["reward_model"]["ground_truth"]
         extra_info = kwargs.get("extra_info")
-        compute_score = get_compute_score(data_source)
+        compute_score = get_compute_score(data_source, self.task_packages)
         full_determinism = getattr(self.rollout_config, "full_determinism", False)
         # One request id for the whole trajectory: the server keeps it on one replica, so every
         # turn reuses the KV prefix of the turns before it.
@@ -350,6 +352,12 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             kind="context",
             inserted_token_ids=closing,
         )
+
+
+def task_packages(config) -> tuple[str, ...]:
+    """The packages outside ``reward_fns`` whose task modules the recipe allows a dotted ``data_source`` to name
+    (``reward.custom_reward_function.reward_kwargs.task_packages``, which verl's reward manager passes on too)."""
+    return tuple(OmegaConf.select(config, TASK_PACKAGES_KEY, default=None) or ())
 
 
 def _which_row(row: dict[str, Any]) -> str:

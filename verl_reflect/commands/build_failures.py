@@ -32,6 +32,7 @@ from verl_reflect.commands.runner import (
     add_run_args,
     as_completed_limited,
     load_rows,
+    note_default_recipe,
     quiet_transformers,
     resolve_models,
 )
@@ -162,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.suffix != ".parquet":  # verl's RLHFDataset picks the reader by file extension
         raise UserError(f"--out must end in .parquet, got {args.out}")
     check_filter_args(args.k, args.max_success_rate, args.keep_attempts)
-    rows = load_rows(args.data, limit=args.limit, seed=args.seed)
     # Training's sampling, not validation's: the failure set is what the trainer's rollouts would fail.
     loop_recipe = recipe.load_recipe(args, recipe.training_sampling)
+    rows = load_rows(args.data, loop_recipe.config, limit=args.limit, seed=args.seed)
+    note_default_recipe(args)
     (spec,) = resolve_models([args.model], loop_recipe)
     quiet_transformers()
     generation = make_backend(spec.path, args.backend, config=loop_recipe.config, max_batch_size=args.concurrency)

@@ -17,12 +17,12 @@ import json
 from pathlib import Path
 
 from verl_reflect import data
-from verl_reflect.commands import build_failures, evaluate, report, runner, trajectories
+from verl_reflect.commands import build_failures, evaluate, recipe, report, runner, trajectories
 from verl_reflect.commands.errors import ArgumentParser, UserError
 from verl_reflect.commands.main_ppo import run_main_ppo
 from verl_reflect.commands.recipe import RECIPES_DIR
 
-RECIPE = "countdown_tiny_cpu"
+RECIPE = recipe.DEFAULT_RECIPE
 AGENT_LOOP_CONFIG = RECIPES_DIR / "agent_loops" / "countdown_tiny.yaml"  # absolute: main_ppo runs from any directory
 STEP_COLUMNS = {  # per-step metric -> column title
     "reflect/first_try_correct": "first try",

@@ -35,6 +35,7 @@ from verl_reflect.commands.runner import (
     add_run_args,
     as_completed_limited,
     load_rows,
+    note_default_recipe,
     quiet_transformers,
     resolve_models,
 )
@@ -83,8 +84,9 @@ def evaluate(
 
 def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """The whole command, given parsed arguments (``demo`` calls it too)."""
-    rows = load_rows(args.data, limit=args.limit, seed=args.seed)
     loop_recipe = recipe.load_recipe(args, recipe.validation_sampling)
+    rows = load_rows(args.data, loop_recipe.config, limit=args.limit, seed=args.seed)
+    note_default_recipe(args)
     specs = resolve_models([args.model] + ([args.compare_model] if args.compare_model else []), loop_recipe)
     jsonl = args.out_dir / JSONL_NAME
     for spec in specs:

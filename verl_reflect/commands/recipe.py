@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import io
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +21,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect import resolvers
+from verl_reflect import data, resolvers
 from verl_reflect.commands.backends import check_model_dir
 from verl_reflect.commands.errors import UserError
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 # The embedded tiny model and its small CPU budget: what runs when no --recipe and no --model are given.
 DEFAULT_RECIPE = "countdown_tiny_cpu"
-EVAL_AGENT_LOOP = "reflect_retry"
+EVAL_AGENT_LOOP = data.AGENT_NAME  # eval and build-failures generate first attempts: the plain rows' loop
 
 
 def recipe_file(recipe: str) -> Path:
@@ -193,8 +192,6 @@ def load_recipe(args: argparse.Namespace, sampling: Callable[[Any], dict[str, An
     name = args.recipe or DEFAULT_RECIPE
     if args.model is not None:
         check_model_dir(args.model)  # before composing: a wrong path is the likelier mistake, and this one is fast
-    if args.recipe is None and args.model is not None:
-        print(f"note: no --recipe: {args.model} runs with {name}'s loop settings (short turns)", file=sys.stderr)
     overrides = list(args.overrides)
     if args.model is not None:  # as main_ppo's actor_rollout_ref.model.path=<dir>, after the user's overrides
         overrides.append(f"actor_rollout_ref.model.path={hydra_quote(args.model)}")

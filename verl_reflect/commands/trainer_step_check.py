@@ -1,64 +1,43 @@
 """The dry run's dynamic check: one real ``main_ppo`` step on CPU with the recipe unchanged except what a CPU needs.
 
-What a CPU needs (the embedded tiny model, the ``hf`` rollout, one process) is read from the CPU recipe; the step
-runs a few rows of the data with ``rollout.n`` capped, and its metrics come back through verl's file logger.
+What a CPU needs (the embedded tiny model, the ``hf`` rollout, one process) is ``recipes/platform/cpu.yaml``, added
+as ``+platform=cpu``; the step runs a few rows of the data with ``rollout.n`` capped, and its metrics come back through
+verl's file logger.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from verl_reflect.commands.config_checks import Check, Recipe, failed, passed, verl_agent_loop_path
 from verl_reflect.commands.main_ppo import run_main_ppo
 from verl_reflect.commands.recipe import RECIPES_DIR, override_key
 
-# The CPU recipe is the one place the values a 2-core CPU needs live; the dry run takes these keys from it.
-CPU_RECIPE = RECIPES_DIR / "countdown_tiny_cpu.yaml"
-CPU_KEYS = (
-    "actor_rollout_ref.model.path",
-    "actor_rollout_ref.model.use_remove_padding",
-    "actor_rollout_ref.model.enable_gradient_checkpointing",
-    "actor_rollout_ref.model.override_config.attn_implementation",
-    "actor_rollout_ref.actor.strategy",
-    "actor_rollout_ref.actor.use_torch_compile",
-    "actor_rollout_ref.ref.use_torch_compile",
-    "actor_rollout_ref.rollout.name",
-    "actor_rollout_ref.rollout.tensor_model_parallel_size",
-    "actor_rollout_ref.rollout.max_num_seqs",
-    "actor_rollout_ref.rollout.agent.num_workers",
-    "data.dataloader_num_workers",
-    "trainer.device",
-    "trainer.n_gpus_per_node",
-    "trainer.resume_mode",
-    "ray_kwargs.ray_init.num_cpus",
-    "ray_kwargs.ray_init.num_gpus",
-    "transfer_queue.backend.SimpleStorage.num_data_storage_units",
-)
-MAX_STEP_GROUP = 4  # rollout.n on CPU: enough for a GRPO group with spread, small enough for 2 cores
+# What a CPU needs, as a Hydra config group option any recipe takes (``+platform=cpu``): its one source.
+PLATFORM_DIR = RECIPES_DIR / "platform"
+CPU_PLATFORM = "cpu"
 
 
-def cpu_overrides() -> list[str]:
-    """The CPU recipe's values of the keys a CPU needs, as ``++key=value`` overrides (add or replace)."""
-    values = yaml.safe_load(CPU_RECIPE.read_text())
-    overrides = []
-    for key in CPU_KEYS:
-        node = values
-        for part in key.split("."):
-            node = node[part]
-        overrides.append(f"++{key}={json.dumps(node) if isinstance(node, bool) else node}")
+def platform_overrides(recipe: Recipe, platform: str = CPU_PLATFORM) -> list[str]:
+    """``+platform=<platform>``, with this repository's recipes on Hydra's search path when the recipe lives
+    elsewhere (a recipe shared from another lab): the group is looked up there."""
+    overrides = [f"+platform={platform}"]
+    if recipe.config_dir.resolve() != RECIPES_DIR.resolve():
+        own = OmegaConf.load(recipe.config_dir / f"{recipe.config_name}.yaml")  # composing drops the hydra node
+        searchpath = [*(OmegaConf.select(own, "hydra.searchpath") or []), f"file://{RECIPES_DIR}"]
+        overrides.append(f"hydra.searchpath=[{','.join(searchpath)}]")
     return overrides
 
 
-def step_group(cfg: DictConfig) -> int:
-    """rollout.n on CPU: the recipe's, capped."""
-    return min(int(cfg.actor_rollout_ref.rollout.n), MAX_STEP_GROUP)
+def step_group(cfg: DictConfig, platform: str = CPU_PLATFORM) -> int:
+    """rollout.n on CPU: the recipe's, at most the platform's."""
+    cap = OmegaConf.load(PLATFORM_DIR / f"{platform}.yaml").actor_rollout_ref.rollout.n
+    return min(int(cfg.actor_rollout_ref.rollout.n), int(cap))
 
 
 def step_overrides(recipe: Recipe, train: Path, rows: int) -> list[str]:
@@ -72,8 +51,7 @@ def step_overrides(recipe: Recipe, train: Path, rows: int) -> list[str]:
         return f"{key}={value if value and trajectories % int(value) == 0 else trajectories}"
 
     return [
-        *cpu_overrides(),
-        "trainer.nnodes=1",
+        *platform_overrides(recipe),
         f"data.train_files={train}",
         f"data.val_files={train}",
         f"data.train_batch_size={rows}",

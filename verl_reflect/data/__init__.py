@@ -50,8 +50,11 @@ from verl_reflect.data.rows import (
     read_rows,
     write_parquet,
 )
+from verl_reflect.data.tasks import TASKS, task_rows
 
 __all__ = [
+    "TASKS",
+    "task_rows",
     "AGENT_NAME",
     "COUNTDOWN_MAX_STALL",
     "COUNTDOWN_MAX_TARGET",
