@@ -357,7 +357,7 @@ def test_flags_override_the_recipes_lengths_and_sampling(tiny_default):
     [
         (["--recipe", "no_such_recipe"], "no recipe 'no_such_recipe'"),
         (["--recipe", "countdown_tiny_cpu", "actor_rollout_ref.no_such_key=1"], "recipe countdown_tiny_cpu:"),
-        (["actor_rollout_ref.rollout.agent.agent_loop_config_path=/no/such.yaml"], "not found"),
+        (["actor_rollout_ref.rollout.agent.agent_loop_config_path=/no/such.yaml"], "/no/such.yaml does not exist"),
         (["actor_rollout_ref.rollout.agent.agent_loop_config_path={bad}"], "no agent loop named reflect_retry"),
         (["--backend", "vllm"], "invalid choice: 'vllm'"),
     ],

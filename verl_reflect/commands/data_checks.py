@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect.commands.config_checks import Check, Recipe, failed, one_line, passed, skipped, verl_agent_loop_path
-from verl_reflect.commands.errors import UserError
+from verl_reflect.commands.config_checks import Check, Recipe, failed, passed, skipped
+from verl_reflect.commands.errors import UserError, one_line
 
 # -----------------------------------------------------------------------------
 # The data: the user's parquet, or generated rows of the recipe's task.
@@ -117,7 +117,7 @@ def check_agent_names(recipe: Recipe) -> Check:
     if missing:
         return failed(
             name,
-            f"rows name agent loop(s) {', '.join(missing)} that {verl_agent_loop_path(recipe.cfg).name} lacks",
+            f"rows name agent loop(s) {', '.join(missing)} that the agent-loop YAML lacks",
             f"add an entry named {missing[0]!r} to the agent-loop YAML",
         )
     default = recipe.cfg.actor_rollout_ref.rollout.agent.default_agent_loop

@@ -28,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from verl_reflect import resolvers
 from verl_reflect.commands import config_checks, data_checks, trainer_step_check
-from verl_reflect.commands.config_checks import FAIL, Check, Recipe, failed, one_line, skipped
-from verl_reflect.commands.errors import ArgumentParser, UserError, positive_int
+from verl_reflect.commands.config_checks import FAIL, Check, Recipe, failed, skipped
+from verl_reflect.commands.errors import ArgumentParser, UserError, one_line, positive_int
 from verl_reflect.commands.recipe import RECIPES_DIR, compose_unresolved, override_key, recipe_names
 
 

@@ -36,3 +36,9 @@ def run_command(main: Callable[[list[str] | None], int | None], argv: list[str] 
     except KeyboardInterrupt:
         print("verl-reflect: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its first non-empty line, else the exception's class name."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from verl_reflect import data, resolvers
 from verl_reflect.commands.backends import check_model_dir
-from verl_reflect.commands.errors import UserError
+from verl_reflect.commands.errors import UserError, one_line
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 # The embedded tiny model and its small CPU budget: what runs when no --recipe and no --model are given.
@@ -85,29 +85,47 @@ def override_key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
 
 
-def agent_loop_config_path(cfg: DictConfig, recipe: str) -> Path:
-    """The recipe's agent-loop YAML. Relative paths resolve as verl resolves them (the launch directory), then
-    against the folder above the recipes (the recipes name them ``recipes/agent_loops/<task>.yaml``), so the
-    commands work from any directory."""
-    name = cfg.actor_rollout_ref.rollout.agent.get("agent_loop_config_path")
+AGENT_LOOP_KEY = "actor_rollout_ref.rollout.agent.agent_loop_config_path"
+
+
+def agent_loop_file(cfg: DictConfig) -> Path:
+    """The recipe's agent-loop YAML, found exactly as verl's AgentLoopWorker finds it (``resolve_config_path``: an
+    absolute path, else the launch directory, else verl's project root), so a command fails where main_ppo would."""
+    from verl.utils.import_utils import resolve_config_path
+
+    name = OmegaConf.select(cfg, AGENT_LOOP_KEY)
     if not name:
-        raise UserError(f"recipe {recipe}: no actor_rollout_ref.rollout.agent.agent_loop_config_path")
-    for path in (Path(name), Path(os.getcwd()) / name, recipe_file(recipe).parents[1] / name):
-        if path.is_file():
-            return path.resolve()
-    raise UserError(f"recipe {recipe}: agent-loop config {name} not found (from {os.getcwd()} or the repository)")
+        raise UserError(f"the recipe sets no {AGENT_LOOP_KEY}")
+    try:
+        path = Path(resolve_config_path(str(name)))
+    except FileNotFoundError:
+        path = Path(str(name)).absolute()
+    if not path.is_file():
+        raise UserError(
+            f"{AGENT_LOOP_KEY}: {path} does not exist (verl takes a relative path from the launch directory, "
+            f"{os.getcwd()}: launch from the repository root, or give an absolute path)"
+        )
+    return path
 
 
-def agent_loop_entry(cfg: DictConfig, recipe: str, name: str = EVAL_AGENT_LOOP) -> DictConfig:
-    """The ``name`` entry of the recipe's agent-loop YAML, as verl's registry keeps it (the last of that name)."""
-    path = agent_loop_config_path(cfg, recipe)
+def agent_loop_entries(cfg: DictConfig) -> tuple[Path, list[DictConfig]]:
+    """The agent-loop YAML and its entries, each a ``{name, _target_, ...}`` mapping (else a UserError)."""
+    path = agent_loop_file(cfg)
     try:
         entries = OmegaConf.load(path)
     except Exception as err:  # noqa: BLE001 - any YAML error is the user's file, not our bug
-        raise UserError(f"{path}: not valid YAML ({type(err).__name__})") from None
-    matches = [e for e in entries if isinstance(e, DictConfig) and e.get("name") == name] if entries else []
+        raise UserError(f"{path}: not valid YAML ({one_line(err)})") from None
+    if not isinstance(entries, ListConfig) or not all(isinstance(e, DictConfig) and "name" in e for e in entries):
+        raise UserError(f"{path}: not a list of {{name, _target_, ...}} entries (see recipes/agent_loops/)")
+    return path, list(entries)
+
+
+def agent_loop_entry(cfg: DictConfig, name: str = EVAL_AGENT_LOOP) -> DictConfig:
+    """The ``name`` entry of the recipe's agent-loop YAML, as verl's registry keeps it (the last of that name)."""
+    path, entries = agent_loop_entries(cfg)
+    matches = [e for e in entries if e.name == name]
     if not matches:
-        raise UserError(f"{path}: no agent loop named {name} (a YAML list of {{name, _target_, ...}})")
+        raise UserError(f"{path}: no agent loop named {name}")
     return matches[-1]
 
 
@@ -196,7 +214,7 @@ def load_recipe(args: argparse.Namespace, sampling: Callable[[Any], dict[str, An
     if args.model is not None:  # as main_ppo's actor_rollout_ref.model.path=<dir>, after the user's overrides
         overrides.append(f"actor_rollout_ref.model.path={hydra_quote(args.model)}")
     cfg = compose(name, overrides)
-    entry = agent_loop_entry(cfg, name)
+    entry = agent_loop_entry(cfg)
     for flag in ENTRY_FLAGS:
         if getattr(args, flag, None) is not None:
             entry[flag] = getattr(args, flag)

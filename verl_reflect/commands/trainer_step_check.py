@@ -14,9 +14,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect.commands.config_checks import Check, Recipe, failed, passed, verl_agent_loop_path
+from verl_reflect.commands.config_checks import Check, Recipe, failed, passed
 from verl_reflect.commands.main_ppo import run_main_ppo
-from verl_reflect.commands.recipe import RECIPES_DIR, override_key
+from verl_reflect.commands.recipe import AGENT_LOOP_KEY, RECIPES_DIR, agent_loop_file, override_key
 
 # What a CPU needs, as a Hydra config group option any recipe takes (``+platform=cpu``): its one source.
 PLATFORM_DIR = RECIPES_DIR / "platform"
@@ -60,7 +60,7 @@ def step_overrides(recipe: Recipe, train: Path, rows: int) -> list[str]:
         micro("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu"),
         micro("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu"),
         micro("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu"),
-        f"actor_rollout_ref.rollout.agent.agent_loop_config_path={verl_agent_loop_path(cfg)}",
+        f"{AGENT_LOOP_KEY}={agent_loop_file(cfg)}",
         "trainer.total_training_steps=1",
         "trainer.val_before_train=false",
         "trainer.test_freq=-1",
