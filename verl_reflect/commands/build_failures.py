@@ -26,7 +26,7 @@ from typing import Any
 from verl_reflect import data
 from verl_reflect.commands import recipe
 from verl_reflect.commands.backends import make_backend
-from verl_reflect.commands.errors import ArgumentParser, UserError, run_command
+from verl_reflect.commands.errors import ArgumentParser, UserError, check_positive, run_command
 from verl_reflect.commands.runner import (
     Runner,
     add_run_args,
@@ -39,12 +39,10 @@ from verl_reflect.commands.runner import (
 
 
 def check_filter_args(k: int, max_success_rate: float, keep_attempts: int = 1) -> None:
-    if k < 1:
-        raise UserError(f"--k must be a positive integer, got {k}")
+    check_positive("--k", k)
     if not 0.0 <= max_success_rate <= 1.0:
         raise UserError(f"--max-success-rate must be in [0, 1], got {max_success_rate}")
-    if keep_attempts < 1:
-        raise UserError(f"--keep-attempts must be a positive integer, got {keep_attempts}")
+    check_positive("--keep-attempts", keep_attempts)
 
 
 def sample_attempts(

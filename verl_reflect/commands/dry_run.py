@@ -30,7 +30,7 @@ from verl_reflect import resolvers
 from verl_reflect.commands import config_checks, data_checks, trainer_step_check
 from verl_reflect.commands.config_checks import FAIL, Check, Recipe, failed, skipped
 from verl_reflect.commands.errors import ArgumentParser, UserError, one_line, positive_int
-from verl_reflect.commands.recipe import RECIPES_DIR, compose_unresolved, override_key, recipe_names
+from verl_reflect.commands.recipe import RECIPES_DIR, compose_unresolved, override_key, parse_override, recipe_names
 
 
 def compose_recipe(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig:
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         args.data = args.data.resolve()
         overrides = [o for o in overrides if override_key(o) != "data.train_files"] + [f"data.train_files={args.data}"]
     cfg = compose_recipe(config_dir, args.config_name, overrides)
-    given = [o.split("=", 1)[1] for o in overrides if override_key(o) == "data.train_files"]
+    given = [str(parse_override(o).value()) for o in overrides if override_key(o) == "data.train_files"]
     if args.data is None and given:  # data.train_files on the command line instead of --data: check that file
         args.data = Path(given[-1]).absolute()
     for key in ("data.train_files", "data.val_files"):  # a recipe that leaves them to the command still validates

@@ -80,9 +80,20 @@ def hydra_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def parse_override(override: str):
+    """A command-line override as Hydra parses it (``key_or_group``, ``value()``); a UserError if it is not one."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        return OverridesParser.create().parse_override(override)
+    except OverrideParseException as err:
+        raise UserError(f"not a Hydra override: {override!r} ({one_line(err)})") from None
+
+
 def override_key(override: str) -> str:
     """The key a Hydra override sets: ``data.train_files`` of ``++data.train_files=x.parquet``."""
-    return override.lstrip("+~").split("=", 1)[0]
+    return parse_override(override).key_or_group
 
 
 AGENT_LOOP_KEY = "actor_rollout_ref.rollout.agent.agent_loop_config_path"
