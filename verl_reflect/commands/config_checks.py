@@ -1,6 +1,6 @@
 """The dry run's static checks of a recipe's config, and the records every check shares.
 
-``Recipe`` is the composed recipe with what the checks read (its data rows, tokenizer, agent-loop entries); each
+``DryRun`` is the composed recipe with what the checks read (its data rows, tokenizer, agent-loop entries); each
 check takes it and returns a ``Check``, one report line, and never raises. The checks here read the config
 alone: verl's own validation, batch arithmetic, the estimator, the agent-loop file, the response budget and the
 reward function. The checks of the data are in ``data_checks``, the CPU trainer step in ``cpu_step``.
@@ -39,8 +39,9 @@ class Check:
 
 
 @dataclass
-class Recipe:
-    """The composed recipe and everything the checks share."""
+class DryRun:
+    """A dry run in progress: the composed recipe and everything its checks share (data rows, tokenizer, agent-loop
+    entries)."""
 
     config_dir: Path
     config_name: str
@@ -75,7 +76,7 @@ def quiet():
 # The checks, one function each.
 
 
-def check_verl_validation(recipe: Recipe) -> Check:
+def check_verl_validation(recipe: DryRun) -> Check:
     """main_ppo's own ``validate_config``, and the dataclasses verl builds from the recipe's sections at start."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import omega_conf_to_dataclass, validate_config
@@ -124,7 +125,7 @@ def batch_plan(cfg: DictConfig) -> BatchPlan:
     )
 
 
-def check_batch_arithmetic(recipe: Recipe) -> Check:
+def check_batch_arithmetic(recipe: DryRun) -> Check:
     """Rows per step over the world size, mini-batches over the step, micro-batches over a GPU's mini-batch."""
     name = "batch arithmetic"
     try:
@@ -169,7 +170,7 @@ def check_batch_arithmetic(recipe: Recipe) -> Check:
     )
 
 
-def check_estimator(recipe: Recipe) -> Check:
+def check_estimator(recipe: DryRun) -> Check:
     from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, get_adv_estimator_fn
 
     name = "estimator"
@@ -184,7 +185,7 @@ def check_estimator(recipe: Recipe) -> Check:
     return passed(name, f"{estimator} is registered")
 
 
-def check_agent_loop_config(recipe: Recipe) -> Check:
+def check_agent_loop_config(recipe: DryRun) -> Check:
     """The agent-loop YAML exists, lists {name, _target_} entries whose classes import, and holds the default loop."""
     from hydra.utils import get_class
 
@@ -219,7 +220,7 @@ def user_turn_tokens(text: str, tokenizer) -> int:
     return count + USER_TURN_OVERHEAD
 
 
-def check_response_budget(recipe: Recipe) -> Check:
+def check_response_budget(recipe: DryRun) -> Check:
     """A full attempt, each reflection round's user turns, reflection and retry must fit max_response_length."""
     name = "response budget"
     if not recipe.agent_loops:
@@ -251,7 +252,7 @@ def check_response_budget(recipe: Recipe) -> Check:
     return passed(name, f"attempt, reflection and retry need {longest} of {budget} {counted}")
 
 
-def check_reward_function(recipe: Recipe) -> Check:
+def check_reward_function(recipe: DryRun) -> Check:
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
     name = "reward function"
