@@ -142,9 +142,10 @@ def test_recipe_resolves_estimator_agent_loop_and_reward(name, monkeypatch):
 
 def test_a_launch_without_training_data_stops_and_says_what_to_set():
     # Regression: the recipes once said `train_files: ???`, which OmegaConf drops when merging over verl's own
-    # default, so a launch without data.train_files went on with verl's GSM8K paths.
+    # default, so a launch without data.train_files went on with verl's GSM8K paths. `--cfg job --resolve` makes
+    # verl's own entry point compose and resolve the config as a launch does, then stop before Ray starts.
     result = subprocess.run(
-        main_ppo_command(RECIPES[0], ["data.val_files=/data/test.parquet"]),
+        main_ppo_command(RECIPES[0], ["data.val_files=/data/test.parquet", "--cfg", "job", "--resolve"]),
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
     assert result.returncode != 0
