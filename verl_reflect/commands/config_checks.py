@@ -199,9 +199,9 @@ def check_agent_loop_config(recipe: DryRun) -> Check:
         try:
             get_class(str(entry.get("_target_")))
         except Exception:
-            return failed(
-                name, f"entry {entry.name!r}: _target_ {entry.get('_target_')!r} does not import", "a module.Class on PYTHONPATH"
-            )
+            target = entry.get("_target_")
+            detail = f"entry {entry.name!r}: _target_ {target!r} does not import"
+            return failed(name, detail, "a module.Class on PYTHONPATH")
     recipe.agent_loops = [OmegaConf.to_container(entry) for entry in entries]
     names = [str(entry.name) for entry in entries]
     default = str(recipe.cfg.actor_rollout_ref.rollout.agent.default_agent_loop)

@@ -43,7 +43,8 @@ def check_data_columns(recipe: DryRun) -> Check:
     """The columns and arrow types verl's RLHFDataset and the agent loop read."""
     name = "data columns"
     if recipe.data_path is None:
-        return passed(name, f"no --data: {len(recipe.rows)} generated {OmegaConf.select(recipe.cfg, 'verl_reflect.task')} rows (pass --data for yours)")
+        task = OmegaConf.select(recipe.cfg, "verl_reflect.task")
+        return passed(name, f"no --data: {len(recipe.rows)} generated {task} rows (pass --data for yours)")
     try:
         schema = pq.read_schema(recipe.data_path)
     except (pa.ArrowException, OSError) as err:

@@ -42,7 +42,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
         help="verl: the recipe's rollout servers (vLLM), started standalone; hf: transformers in this process"
         " (default: verl on a GPU machine, else hf)",
     )
-    parser.add_argument("--data", type=Path, help=f"verl RL parquet (default: {DEFAULT_TEST_ROWS} rows of the recipe's task, verl_reflect.task)")
+    parser.add_argument(
+        "--data", type=Path, help=f"verl RL parquet (default: {DEFAULT_TEST_ROWS} rows of the recipe's task)"
+    )
     parser.add_argument("--limit", type=positive_int, help="use only the first N rows")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated rows")
     parser.add_argument("--concurrency", type=positive_int, default=16, help="trajectories in flight (HF: batch size)")
