@@ -88,8 +88,8 @@ class Family:
         server = ScriptedServer(self.tokenizer, [self.generated(reply) for reply in replies])
         scored: list[str] = []
 
-        def recording_compute_score(data_source):
-            compute_score = get_compute_score(data_source)
+        def recording_compute_score(data_source, task_packages=()):
+            compute_score = get_compute_score(data_source, task_packages)
 
             def score(data_source, solution_str, ground_truth, extra_info):
                 scored.append(solution_str)
