@@ -51,6 +51,7 @@ def ray_cluster():
         initialize_head=True,
         head_node_args={"num_cpus": ray_init.num_cpus, "num_gpus": ray_init.num_gpus, "include_dashboard": False},
     )
+    unadvertise(cluster.address)
     try:
         yield (
             {"RAY_ADDRESS": cluster.address},
@@ -58,3 +59,14 @@ def ray_cluster():
         )
     finally:
         cluster.shutdown()
+
+
+def unadvertise(address: str) -> None:
+    """``Cluster`` writes its address to ``/tmp/ray/ray_current_cluster``, where a plain ``ray.init()`` anywhere on this
+    machine looks first: every other Ray user (an in-process test, another main_ppo) would join this cluster. Take it
+    back; the runs meant for it reach it through ``RAY_ADDRESS``."""
+    from ray._private.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    if path.exists() and path.read_text().strip() == address:
+        path.unlink(missing_ok=True)
