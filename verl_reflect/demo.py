@@ -1,14 +1,17 @@
-"""``verl-reflect demo``: the whole pipeline on a CPU with the embedded tiny model, in a few minutes.
+"""``verl-reflect demo``: the method, seen learning on a CPU, through verl's real trainer, in a few minutes.
 
-    1. data       Countdown problems, generated offline
-    2. failures   the training prompts the base model fails (``build-failures``)
-    3. train      real steps of verl's trainer: ``python -m verl.trainer.main_ppo`` with
-                  ``recipes/countdown_tiny_cpu.yaml`` on the failure set (the plugin's cpu platform and hf rollout)
-    4. evaluate   the base model and the trained checkpoint side by side (``eval --compare-model``): the
-                  paper's table, a bar chart, and one trajectory's token layout with its trained span
+    1. data       hidden-word prompts (``reward_fns/hidden_word.py``): four one-token words, one from a hidden set
+    2. warm-up    the embedded tiny model, taught in a supervised pass that its retry does what its reflection says
+                  (``verl_reflect/warmup.py``; built once, cached): nothing tells it which word is right
+    3. failures   the training prompts the warmed model fails, with their failed attempts (``build-failures``)
+    4. train      real steps of verl's trainer: ``python -m verl.trainer.main_ppo`` with
+                  ``recipes/hidden_word_tiny_cpu.yaml`` on the failure set: reflection-only reward (``reflect_grpo``)
+    5. evaluate   the warmed base model and the trained checkpoint on held-out prompts (``eval --compare-model``):
+                  first-try accuracy and accuracy after a failed attempt with 95% intervals, the gain, the
+                  learning curve, and one trajectory's token layout with its trained span
 
-The tiny model's weights are random, so it solves ~nothing and training moves it little: the demo shows the
-pipeline, the masks and the numbers, not the method's gain.
+``--estimator reflect_grpo_control`` runs the same with rewards shuffled across the batch (the control), and
+``--estimator grpo`` runs verl's plain GRPO (same mask) for comparison.
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from verl_reflect import data, failures, recipe, report, runner, store
+from verl_reflect import data, failures, learning, recipe, report, runner, store, warmup
 from verl_reflect import eval as eval_cmd
 from verl_reflect.cli_support import ArgumentParser, UserError
 from verl_reflect.recipe import RECIPES_DIR
 
-RECIPE = "countdown_tiny_cpu"
-AGENT_LOOP_CONFIG = RECIPES_DIR / "agent_loops" / "countdown_tiny.yaml"  # absolute: main_ppo runs from any directory
+RECIPE = "hidden_word_tiny_cpu"
+AGENT_LOOP_CONFIG = RECIPES_DIR / "agent_loops" / "hidden_word.yaml"  # absolute: main_ppo runs from any directory
 STEP_COLUMNS = {  # per-step metric -> column title
     "reflect/first_try_correct": "first try",
     "reflect/final_correct": "after reflection",
@@ -39,8 +42,8 @@ STEP_COLUMNS = {  # per-step metric -> column title
 }
 
 
-def main_ppo_command(train: Path, test: Path, out_dir: Path, steps: int) -> list[str]:
-    """The README's CPU training command, with the demo's data and output folders."""
+def main_ppo_command(train: Path, test: Path, out_dir: Path, steps: int, *overrides: str) -> list[str]:
+    """The README's CPU training command, with the demo's data and output folders (``overrides``: Hydra's, last)."""
     return recipe.main_ppo_command(
         RECIPE,
         [
@@ -52,18 +55,19 @@ def main_ppo_command(train: Path, test: Path, out_dir: Path, steps: int) -> list
             f"trainer.test_freq={steps}",
             f"trainer.default_local_dir={out_dir / 'checkpoints'}",
             "trainer.logger=[console,file]",
+            *overrides,
         ],
     )
 
 
-def train(train: Path, test: Path, out_dir: Path, steps: int) -> tuple[Path, list[dict]]:
+def train(train: Path, test: Path, out_dir: Path, steps: int, *overrides: str) -> tuple[Path, list[dict]]:
     """Run main_ppo as a subprocess (its log in ``out_dir/train.log``); returns the HF checkpoint and step metrics."""
     metrics_path, log_path = out_dir / "train_metrics.jsonl", out_dir / "train.log"
     metrics_path.unlink(missing_ok=True)
     env = {**os.environ, "VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(metrics_path)}
     with open(log_path, "w") as log, tqdm(total=steps, desc="main_ppo", unit="step", dynamic_ncols=True) as bar:
         proc = subprocess.Popen(
-            main_ppo_command(train, test, out_dir, steps), stdout=log, stderr=subprocess.STDOUT, env=env
+            main_ppo_command(train, test, out_dir, steps, *overrides), stdout=log, stderr=subprocess.STDOUT, env=env
         )
         while proc.poll() is None:
             time.sleep(1)
@@ -78,7 +82,8 @@ def train(train: Path, test: Path, out_dir: Path, steps: int) -> tuple[Path, lis
 def _read_steps(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line)["data"] for line in path.read_text().splitlines() if line.strip()]
+    steps = [json.loads(line)["data"] for line in path.read_text().splitlines() if line.strip()]
+    return [step for step in steps if "training/global_step" in step]
 
 
 def format_steps(steps: list[dict]) -> str:
@@ -91,11 +96,21 @@ def format_steps(steps: list[dict]) -> str:
     return "\n".join(lines)
 
 
+ESTIMATORS = ("reflect_grpo", "reflect_grpo_control", "grpo")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="verl-reflect demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out-dir", type=Path, default=Path("demo_out"), help="data, checkpoints, logs, chart")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the Countdown problems")
-    parser.add_argument("--steps", type=int, default=2, help="trainer steps")
+    parser.add_argument("--out-dir", type=Path, default=Path("demo_out"), help="data, checkpoints, logs, charts")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts, the failure set and the trainer")
+    parser.add_argument("--steps", type=int, default=12, help="trainer steps (8 prompts x 4 samples each)")
+    parser.add_argument("--test-size", type=int, default=128, help="held-out prompts for the end table")
+    parser.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default="reflect_grpo",
+        help="reflect_grpo: the method; reflect_grpo_control: rewards shuffled across the batch; grpo: verl's",
+    )
     args = parser.parse_args(argv)
     if not RECIPES_DIR.is_dir():
         raise UserError(
@@ -104,13 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir.resolve()
     runner.quiet_transformers()
 
-    print("verl-reflect demo: a random tiny Qwen2 (built offline) on Countdown, through the whole pipeline.\n")
-    print(f"1. data: 16 train + 16 test problems in {out_dir / 'data'}")
-    train_rows, test_rows = data.countdown_splits(16, 16, seed=args.seed)
+    print("verl-reflect demo: reflection-only RL on a tiny model, through verl's real trainer, on a CPU.\n")
+    # Replay makes every training row reflect: the failure set must hold a batch of prompts for every step.
+    train_size = 16 * args.steps
+    print(f"1. data: {train_size} train + {args.test_size} held-out hidden-word prompts in {out_dir / 'data'}")
+    train_rows, test_rows = data.hidden_word_splits(train_size, args.test_size, seed=args.seed)
     data.write_parquet(train_rows, out_dir / "data" / "train.parquet")
     data.write_parquet(test_rows, out_dir / "data" / "test.parquet")
 
-    print("\n2. failure set: the training prompts the base model fails (2 first attempts each)")
+    print("\n2. warm-up: the tiny model learns that its retry names the word its reflection named (not which is right)")
+    started, cached = time.monotonic(), (warmup.cached_model_path() / "config.json").exists()
+    base = warmup.default_model_dir()
+    print(f"{base} ({'cached' if cached else f'built in {time.monotonic() - started:.0f} s'})")
+
+    print("\n3. failure set: the training prompts the warmed model fails (1 first attempt each)")
     failure_set = out_dir / "data" / "failures.parquet"
     failures.main(
         [
@@ -119,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             "--out",
             str(failure_set),
             "--k",
-            "2",
+            "1",
             "--recipe",
             RECIPE,
             "--seed",
@@ -127,15 +149,27 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
 
-    print(f"\n3. training: {args.steps} steps of verl's main_ppo on CPU ({RECIPE}; log: {out_dir / 'train.log'})")
-    checkpoint, steps = train(failure_set, out_dir / "data" / "test.parquet", out_dir, args.steps)
+    print(f"\n4. training: {args.steps} steps of verl's main_ppo on CPU ({RECIPE}, {args.estimator})")
+    print(f"log: {out_dir / 'train.log'}")
+    checkpoint, steps = train(
+        failure_set,
+        out_dir / "data" / "test.parquet",
+        out_dir,
+        args.steps,
+        f"algorithm.adv_estimator={args.estimator}",
+        f"data.seed={args.seed}",
+    )
     print(format_steps(steps))
-    print(f"checkpoint: {checkpoint}")
+    curve = out_dir / learning.CURVE_NAME
+    learning.plot_curve({args.estimator: steps}, curve)
+    print(f"checkpoint: {checkpoint}\nlearning curve: {curve}")
 
-    print("\n4. evaluation: base vs trained, first try vs after one reflection")
+    print("\n5. evaluation on held-out prompts: warmed base vs trained, first try vs after one reflection")
     (out_dir / store.JSONL_NAME).unlink(missing_ok=True)  # a fresh run: the demo is about watching it happen
     eval_args = eval_cmd.build_parser().parse_args(
         [
+            "--model",
+            str(base),
             "--compare-model",
             str(checkpoint),
             "--data",
@@ -147,9 +181,26 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     eval_cmd.run_eval(eval_args)
-
     records = store.read_jsonl(out_dir / store.JSONL_NAME)
-    reflected = sorted((r for r in records if r["num_reflections"] > 0), key=lambda r: (r["model"], r["index"]))
+    by_model = {
+        label: [r for r in records if r["model"] == label] for label in dict.fromkeys(r["model"] for r in records)
+    }
+    (base_records, trained_records) = by_model.values()
+    print("\nheld-out prompts, % [95% Wilson interval] (n); gain [95% Newcombe interval]:")
+    print(learning.end_table(base_records, trained_records, ("base (warm-up)", f"trained ({args.estimator})")))
+    (out_dir / learning.SUMMARY_NAME).write_text(
+        json.dumps(
+            {
+                "estimator": args.estimator,
+                "seed": args.seed,
+                "steps": steps,
+                "base": learning.counts(base_records),
+                "trained": learning.counts(trained_records),
+            }
+        )
+    )
+
+    reflected = sorted((r for r in trained_records if r["num_reflections"] > 0), key=lambda r: r["index"])
     if reflected:
         r = reflected[0]
         print(f"\ntoken layout of {r['model']} row {r['index']}'s response ({r['response_tokens']} tokens):")
@@ -157,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + report.mask_bar(r["layout"]) + "   (a attempt, u user turn, R reflection, r retry)")
         for turn in r["turns"]:
             print(f"  {turn['kind']:>10}: {json.dumps(turn['text'][:70])}{'...' if len(turn['text']) > 70 else ''}")
-    print("\nThe weights are random, so accuracy is ~0% and the text is noise: that is expected here.")
-    print("Next: train a real model with a GPU recipe (README, 'The GPU path').")
+    print(
+        "\nA tiny model on a toy task: this shows the mechanism, not the paper's gains (README, 'What the demo shows')."
+    )
     return 0

@@ -77,8 +77,11 @@ def compose(recipe: str = DEFAULT_RECIPE, overrides: list[str] = ()) -> DictConf
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    # Only the resolver the tiny recipe names: importing verl_reflect.register (the trainer's plugins) costs seconds.
+    # Only the resolvers the CPU recipes name: importing verl_reflect.register (the trainer's plugins) costs seconds.
+    from verl_reflect import warmup
+
     tiny.register_resolver()
+    warmup.register_resolver()
     path = recipe_file(recipe)
     try:
         # eval and build-failures read their rows from --data, never the recipe's training files.

@@ -1,6 +1,6 @@
 """Register verl-reflect in verl: the ``reflect_retry`` agent loop, the ``reflect_grpo`` estimator, the
 ``reflect_sync`` trainer, the CPU training path (``cpu`` platform, ``hf`` rollout) and the
-``${verl_reflect.tiny_model:}`` config resolver.
+``${verl_reflect.tiny_model:}`` and ``${verl_reflect.hidden_word_model:}`` config resolvers.
 
 Imported by the ``verl.plugins`` entry point on ``import verl``, and named by every recipe in
 ``actor_rollout_ref.model.external_lib`` so that verl imports it, loudly, in the trainer and in
@@ -12,6 +12,7 @@ import verl_reflect.agent_loop  # noqa: F401  (registers reflect_retry)
 import verl_reflect.cpu  # noqa: F401  (registers the cpu platform; inert unless VERL_PLATFORM=cpu)
 import verl_reflect.hf_rollout  # noqa: F401  (registers the hf rollout; inert unless rollout.name=hf)
 import verl_reflect.trainer  # noqa: F401  (registers the reflect_sync trainer)
-from verl_reflect import tiny
+from verl_reflect import tiny, warmup
 
 tiny.register_resolver()  # ${verl_reflect.tiny_model:}
+warmup.register_resolver()  # ${verl_reflect.hidden_word_model:}

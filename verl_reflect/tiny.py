@@ -78,8 +78,8 @@ VOCAB_SIZE = 1024
 MODEL_CONFIG = dict(
     hidden_size=64,
     num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
     intermediate_size=128,
     max_position_embeddings=4096,
     # Untied: with tied embeddings a random model just repeats its last input token.
