@@ -65,6 +65,9 @@ def train(train: Path, test: Path, out_dir: Path, steps: int, *overrides: str) -
     metrics_path, log_path = out_dir / "train_metrics.jsonl", out_dir / "train.log"
     metrics_path.unlink(missing_ok=True)
     env = {**os.environ, "VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(metrics_path)}
+    # A Ray cluster someone started on this machine (``ray start``) would capture the run, and the recipe's
+    # num_cpus/num_gpus are refused there: start the demo's own, unless the user names a cluster.
+    env.setdefault("RAY_ADDRESS", "local")
     with open(log_path, "w") as log, tqdm(total=steps, desc="main_ppo", unit="step", dynamic_ncols=True) as bar:
         proc = subprocess.Popen(
             main_ppo_command(train, test, out_dir, steps, *overrides), stdout=log, stderr=subprocess.STDOUT, env=env
@@ -72,11 +75,37 @@ def train(train: Path, test: Path, out_dir: Path, steps: int, *overrides: str) -
         while proc.poll() is None:
             time.sleep(1)
             bar.update(len(_read_steps(metrics_path)) - bar.n)
+            if bar.n == 0:  # Ray and the workers take a minute to start: say which part it is in
+                bar.set_description(f"main_ppo: {startup_stage(log_path.read_text(errors='replace'))}", refresh=True)
+            else:
+                bar.set_description("main_ppo: training", refresh=False)
         bar.update(len(_read_steps(metrics_path)) - bar.n)
     if proc.returncode != 0:
         raise UserError(f"main_ppo exited with code {proc.returncode}; its log: {log_path}")
     checkpoint = out_dir / "checkpoints" / f"global_step_{steps}" / "actor" / "huggingface"
     return checkpoint, _read_steps(metrics_path)
+
+
+# What main_ppo's log prints as it starts (verl 0.9.1: main_ppo.py, trainer_base.py), and what it is doing after it.
+STARTUP_STAGES = (
+    ("ray init kwargs", "starting Ray"),
+    ("Started a local Ray instance", "loading data"),
+    ("create worker group", "building the actor and reference workers"),
+    ("reward loop manager initialized", "starting the rollout server and agent loops"),
+    ("ready to fit", "first rollout"),
+)
+
+
+def startup_stage(log: str) -> str:
+    """The stage of main_ppo's start-up that ``log`` (its output so far) has reached.
+
+    >>> startup_stage("ray init kwargs: {}\\n... create worker group dict_keys(['actor_rollout_ref'])")
+    'building the actor and reference workers'
+    >>> startup_stage("")
+    'starting'
+    """
+    reached = [stage for marker, stage in STARTUP_STAGES if marker in log]
+    return reached[-1] if reached else "starting"
 
 
 def _read_steps(path: Path) -> list[dict]:
