@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from verl_reflect import data, failures, learning, recipe, report, runner, store, warmup
 from verl_reflect import eval as eval_cmd
+from verl_reflect.backend import make_backend
 from verl_reflect.cli_support import ArgumentParser, UserError
 from verl_reflect.recipe import RECIPES_DIR
 
@@ -126,6 +127,26 @@ def format_steps(steps: list[dict]) -> str:
 
 
 ESTIMATORS = ("reflect_grpo", "reflect_grpo_control", "grpo")
+AFTER_FAILURE_JSONL = "after_failure.jsonl"
+
+
+def replay_eval(models: list[Path], failure_set: Path, jsonl: Path) -> list[list[dict]]:
+    """Each model's records on ``failure_set`` with the stored failed attempts replayed (``attempt: replay``): the
+    same failures for every model, so their retries compare; greedy, as ``eval`` samples (the recipe's val_kwargs)."""
+    args = eval_cmd.build_parser().parse_args(["--recipe", RECIPE, "--model", str(models[0])])
+    loop_recipe = recipe.load_recipe(args, recipe.validation_sampling)
+    rows = runner.load_rows(failure_set, limit=None, seed=0)
+    jsonl.unlink(missing_ok=True)
+    results = []
+    for spec in runner.resolve_models([str(model) for model in models], loop_recipe):
+        generation = make_backend(spec.path, args.backend, config=loop_recipe.config, max_batch_size=args.concurrency)
+        model_runner = runner.Runner(spec, generation, loop_recipe, attempt="replay")
+        try:
+            eval_cmd.evaluate(model_runner, rows, jsonl, sampling=loop_recipe.sampling, concurrency=args.concurrency)
+        finally:
+            model_runner.close()
+        results.append([r for r in store.read_jsonl(jsonl) if r["model"] == spec.label])
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,23 +232,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     eval_cmd.run_eval(eval_args)
     records = store.read_jsonl(out_dir / store.JSONL_NAME)
-    by_model = {
-        label: [r for r in records if r["model"] == label] for label in dict.fromkeys(r["model"] for r in records)
-    }
-    (base_records, trained_records) = by_model.values()
-    print("\nheld-out prompts, % [95% Wilson interval] (n); gain [95% Newcombe interval]:")
-    print(learning.end_table(base_records, trained_records, ("base (warm-up)", f"trained ({args.estimator})")))
+    first_tries = [[r for r in records if r["model"] == label] for label in dict.fromkeys(r["model"] for r in records)]
+
+    print(
+        "\n   accuracy after a failed attempt: the held-out prompts the base model fails, each model reflecting on the"
+    )
+    print("   same stored failed attempt (a held-out failure set, replayed)")
+    held_out_failures = out_dir / "data" / "test_failures.parquet"
+    failures.main(
+        ["--data", str(out_dir / "data" / "test.parquet"), "--out", str(held_out_failures), "--k", "1"]
+        + ["--recipe", RECIPE, "--model", str(base), "--seed", str(args.seed)]
+    )
+    after_failure = replay_eval([base, checkpoint], held_out_failures, out_dir / AFTER_FAILURE_JSONL)
+    base_counts, trained_counts = (learning.counts(f, a) for f, a in zip(first_tries, after_failure))
+    print("\nheld-out prompts, % [95% Wilson interval] n=prompts; gain [95% Newcombe interval]:")
+    print(learning.end_table(base_counts, trained_counts, ("base (warm-up)", f"trained ({args.estimator})")))
     (out_dir / learning.SUMMARY_NAME).write_text(
         json.dumps(
             {
                 "estimator": args.estimator,
                 "seed": args.seed,
                 "steps": steps,
-                "base": learning.counts(base_records),
-                "trained": learning.counts(trained_records),
+                "base": base_counts,
+                "trained": trained_counts,
             }
         )
     )
+    trained_records = after_failure[1]
 
     reflected = sorted((r for r in trained_records if r["num_reflections"] > 0), key=lambda r: r["index"])
     if reflected:

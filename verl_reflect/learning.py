@@ -1,9 +1,10 @@
 """Is it learning? The demo's numbers: accuracies with 95% intervals, the base-vs-trained end table, the curve.
 
-``accuracy after a failed attempt`` is the number the demo reports for the method: among the prompts a model got
-wrong on its first try, the share its retry (after one reflection) got right. Reflection-only training also lifts
-first tries (attempt and reflection share one behaviour), so the share of all prompts right after reflection mixes
-the two; it is shown too.
+``accuracy after a failed attempt`` is the number the demo reports for the method: on held-out prompts the base
+model failed, each model reflects on the same stored failed attempt and retries; the share of right retries. It is
+measured on a held-out failure set rather than on each model's own failures because reflection-only training also
+lifts first tries (attempt and reflection share one behaviour): the trained model fails almost no first try, so
+its own failures would be too few to measure.
 """
 
 from __future__ import annotations
@@ -47,47 +48,39 @@ def newcombe(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float,
     return d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2), d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
 
 
-def counts(records: list[dict]) -> dict[str, tuple[int, int]]:
-    """(right, out of) per measure, from ``eval``'s trajectory records of one model."""
-    failed = [r for r in records if not r["first_try_correct"]]
+def counts(first_tries: list[dict], after_failure: list[dict]) -> dict[str, tuple[int, int]]:
+    """(right, out of) per measure for one model: ``first_tries``, its ``eval`` records on the held-out prompts
+    (generated first attempts); ``after_failure``, its records on the held-out failure set, where every model
+    reflects on the same stored failed attempt (``attempt: replay``) and the retry is judged."""
     return {
-        "first_try": (sum(r["first_try_correct"] for r in records), len(records)),
-        "after_failed_attempt": (sum(r["final_correct"] for r in failed), len(failed)),
-        "after_reflection": (sum(r["final_correct"] for r in records), len(records)),
+        "first_try": (sum(r["first_try_correct"] for r in first_tries), len(first_tries)),
+        "after_failed_attempt": (sum(r["final_correct"] for r in after_failure), len(after_failure)),
     }
 
 
-MEASURES = {
-    "first_try": "first-try accuracy",
-    "after_failed_attempt": "accuracy after a failed attempt",
-    "after_reflection": "accuracy after reflection (all prompts)",
-}
+MEASURES = {"first_try": "first-try accuracy", "after_failed_attempt": "accuracy after a failed attempt"}
 
 
-def end_table(base: list[dict], trained: list[dict], labels: tuple[str, str] = ("base", "trained")) -> str:
-    """Base vs trained on held-out prompts: each measure as % [95% Wilson interval] (n), and the gain in points
-    with its 95% Newcombe interval."""
-    b, t = counts(base), counts(trained)
+def end_table(base: dict[str, tuple[int, int]], trained: dict[str, tuple[int, int]], labels: tuple[str, str]) -> str:
+    """Base vs trained (``counts``): each measure as % [95% Wilson interval] n=prompts, and the gain in points with
+    its 95% Newcombe interval."""
 
     def cell(k: int, n: int) -> str:
         lo, hi = wilson(k, n)
         return f"{100 * k / max(n, 1):5.1f}% [{100 * lo:3.0f},{100 * hi:4.0f}] n={n:<3}"
 
-    head = f"{'':40}{labels[0]:>26}{labels[1]:>26}{'gain (points)':>26}"
-    lines = [head]
+    lines = [f"{'':34}{labels[0]:>26}{labels[1]:>28}{'gain (points)':>22}"]
     for key, title in MEASURES.items():
-        (k1, n1), (k2, n2) = b[key], t[key]
+        (k1, n1), (k2, n2) = base[key], trained[key]
         lo, hi = newcombe(k1, n1, k2, n2)
-        gain = 100 * (k2 / max(n2, 1) - k1 / max(n1, 1))
-        lines.append(
-            f"{title:40}{cell(k1, n1):>26}{cell(k2, n2):>26}{f'{gain:+.1f} [{100 * lo:+.0f},{100 * hi:+.0f}]':>26}"
-        )
+        interval = f"{100 * (k2 / max(n2, 1) - k1 / max(n1, 1)):+.1f} [{100 * lo:+.0f},{100 * hi:+.0f}]"
+        lines.append(f"{title:34}{cell(k1, n1):>26}{cell(k2, n2):>28}{interval:>22}")
     return "\n".join(lines)
 
 
-def gain(base: list[dict], trained: list[dict], key: str = "after_failed_attempt") -> tuple[float, float, float]:
+def gain(base: dict[str, tuple[int, int]], trained: dict[str, tuple[int, int]], key: str = "after_failed_attempt"):
     """Trained minus base on ``key``: (gain, 95% low, 95% high), as fractions."""
-    (k1, n1), (k2, n2) = counts(base)[key], counts(trained)[key]
+    (k1, n1), (k2, n2) = base[key], trained[key]
     return (k2 / max(n2, 1) - k1 / max(n1, 1), *newcombe(k1, n1, k2, n2))
 
 

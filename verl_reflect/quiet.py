@@ -14,7 +14,9 @@ import os
 import warnings
 
 VERBOSE_ENV = "VERL_REFLECT_VERBOSE"
-PLATFORM_LOGGER = "verl.plugin.platform"  # "No supported accelerator detected ... Falling back to 'nvidia'"
+# "No supported accelerator detected ... Falling back to 'nvidia'". verl sets this logger's level when it imports it,
+# so a level set beforehand would not hold; a filter on the logger does.
+PLATFORM_LOGGER = "verl.plugin.platform.platform_manager"
 ENGINE_WARNING = r".* engine is not available"  # verl/workers/engine/__init__.py, one per missing engine
 
 
@@ -30,5 +32,11 @@ def verbose_requested(argv: list[str]) -> tuple[bool, list[str]]:
 
 def quiet_verl() -> None:
     """Silence verl's import-time platform fallback and missing-engine warnings in this process."""
-    logging.getLogger(PLATFORM_LOGGER).setLevel(logging.ERROR)
+    logger = logging.getLogger(PLATFORM_LOGGER)
+    if _below_error not in logger.filters:
+        logger.addFilter(_below_error)
     warnings.filterwarnings("ignore", message=ENGINE_WARNING, category=UserWarning)
+
+
+def _below_error(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
