@@ -130,6 +130,18 @@ ESTIMATORS = ("reflect_grpo", "reflect_grpo_control", "grpo")
 AFTER_FAILURE_JSONL = "after_failure.jsonl"
 
 
+def grpo_loop_config(out_dir: Path) -> Path:
+    """The task's agent-loop YAML with ``trained_turns: [reflection, retry]`` (for ``--estimator grpo``)."""
+    import yaml
+
+    entries = [
+        {**entry, "trained_turns": ["reflection", "retry"]} for entry in yaml.safe_load(AGENT_LOOP_CONFIG.read_text())
+    ]
+    path = out_dir / "agent_loop_grpo.yaml"
+    path.write_text(yaml.safe_dump(entries))
+    return path
+
+
 def replay_eval(models: list[Path], failure_set: Path, jsonl: Path) -> list[list[dict]]:
     """Each model's records on ``failure_set`` with the stored failed attempts replayed (``attempt: replay``): the
     same failures for every model, so their retries compare; greedy, as ``eval`` samples (the recipe's val_kwargs)."""
@@ -201,14 +213,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n4. training: {args.steps} steps of verl's main_ppo on CPU ({RECIPE}, {args.estimator})")
     print(f"log: {out_dir / 'train.log'}")
-    checkpoint, steps = train(
-        failure_set,
-        out_dir / "data" / "test.parquet",
-        out_dir,
-        args.steps,
-        f"algorithm.adv_estimator={args.estimator}",
-        f"data.seed={args.seed}",
-    )
+    overrides = [f"algorithm.adv_estimator={args.estimator}", f"data.seed={args.seed}"]
+    if args.estimator == "grpo":  # verl's plain GRPO on every generated token: the retry is trained too
+        overrides.append(f"actor_rollout_ref.rollout.agent.agent_loop_config_path={grpo_loop_config(out_dir)}")
+    checkpoint, steps = train(failure_set, out_dir / "data" / "test.parquet", out_dir, args.steps, *overrides)
     print(format_steps(steps))
     curve = out_dir / learning.CURVE_NAME
     learning.plot_curve({args.estimator: steps}, curve)
