@@ -56,7 +56,7 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_static_checks_pass_for_every_shipped_recipe(capsys, recipe):
+def test_static_checks_pass_for_every_shipped_recipe(capsys, recipe, tiny_default):
     code, lines = dry_run(capsys, "--config-name", recipe)
     assert code == 0, "\n".join(lines)
     assert not [line for line in lines if line.startswith("✗")]
@@ -162,7 +162,8 @@ def test_a_recipe_that_does_not_compose_is_one_line_and_exit_2(capsys):
     assert err[-1].startswith("verl-reflect: error: no recipe 'no_such_recipe'")
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
+# hidden_word_tiny_cpu trains for real in tests/test_learning.py (the demo): a dry run would add a trainer start-up.
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "hidden_word_tiny_cpu"])
 def test_every_shipped_recipe_passes_a_dry_run_with_a_real_trainer_step(recipe, tiny_model_dir):
     env = {
         **os.environ,

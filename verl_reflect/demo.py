@@ -277,6 +277,6 @@ def main(argv: list[str] | None = None) -> int:
         for turn in r["turns"]:
             print(f"  {turn['kind']:>10}: {json.dumps(turn['text'][:70])}{'...' if len(turn['text']) > 70 else ''}")
     print(
-        "\nA tiny model on a toy task: this shows the mechanism, not the paper's gains (README, 'What the demo shows')."
+        "\nA tiny model on a toy task: this shows the mechanism, not the paper's gains (README, 'The method, seen learning')."
     )
     return 0
