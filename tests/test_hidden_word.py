@@ -12,12 +12,13 @@ import json
 import random
 
 import pytest
-from loop_helpers import ScriptedServer
+from loop_helpers import ScriptedServer, standalone_kwargs
 
 import reward_fns
 from reward_fns import hidden_word as verifier
-from verl_reflect import data, warmup
-from verl_reflect.agent_loop import ReflectRetryAgentLoop, standalone_kwargs
+from verl_reflect import data
+from verl_reflect.agent_loop import ReflectRetryAgentLoop
+from verl_reflect.cpu import warmup
 from verl_reflect.data import hidden_word
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from verl_reflect import learning
+from verl_reflect.commands import learning
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12

@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
-from verl_reflect import data, failures, learning, recipe, report, runner, store, warmup
-from verl_reflect import eval as eval_cmd
-from verl_reflect.backend import make_backend
-from verl_reflect.cli_support import ArgumentParser, UserError
-from verl_reflect.recipe import RECIPES_DIR
+from verl_reflect import data
+from verl_reflect.commands import build_failures, evaluate, learning, recipe, report, runner, trajectories
+from verl_reflect.commands.backends import make_backend
+from verl_reflect.commands.errors import ArgumentParser, UserError
+from verl_reflect.commands.main_ppo import run_main_ppo
+from verl_reflect.commands.recipe import RECIPES_DIR
+from verl_reflect.cpu import warmup
 
 RECIPE = "hidden_word_tiny_cpu"
 AGENT_LOOP_CONFIG = RECIPES_DIR / "agent_loops" / "hidden_word.yaml"  # absolute: main_ppo runs from any directory
@@ -43,9 +42,10 @@ STEP_COLUMNS = {  # per-step metric -> column title
 }
 
 
-def main_ppo_command(train: Path, test: Path, out_dir: Path, steps: int, *overrides: str) -> list[str]:
-    """The README's CPU training command, with the demo's data and output folders (``overrides``: Hydra's, last)."""
-    return recipe.main_ppo_command(
+def train(train: Path, test: Path, out_dir: Path, steps: int, *overrides: str) -> tuple[Path, list[dict]]:
+    """The README's CPU training command on the demo's data (``overrides``: Hydra's, last); returns the HF checkpoint
+    and the step metrics."""
+    run = run_main_ppo(
         RECIPE,
         [
             f"data.train_files={train}",
@@ -54,76 +54,27 @@ def main_ppo_command(train: Path, test: Path, out_dir: Path, steps: int, *overri
             f"trainer.total_training_steps={steps}",
             f"trainer.save_freq={steps}",
             f"trainer.test_freq={steps}",
-            f"trainer.default_local_dir={out_dir / 'checkpoints'}",
-            "trainer.logger=[console,file]",
             *overrides,
         ],
+        out_dir=out_dir,
+        # A Ray cluster someone started on this machine (``ray start``) would capture the run, and the recipe's
+        # num_cpus/num_gpus are refused there: the demo starts its own unless the user names a cluster.
+        env={"RAY_ADDRESS": os.environ.get("RAY_ADDRESS", "local")},
     )
-
-
-def train(train: Path, test: Path, out_dir: Path, steps: int, *overrides: str) -> tuple[Path, list[dict]]:
-    """Run main_ppo as a subprocess (its log in ``out_dir/train.log``); returns the HF checkpoint and step metrics."""
-    metrics_path, log_path = out_dir / "train_metrics.jsonl", out_dir / "train.log"
-    metrics_path.unlink(missing_ok=True)
-    env = {**os.environ, "VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(metrics_path)}
-    # A Ray cluster someone started on this machine (``ray start``) would capture the run, and the recipe's
-    # num_cpus/num_gpus are refused there: start the demo's own, unless the user names a cluster.
-    env.setdefault("RAY_ADDRESS", "local")
-    with open(log_path, "w") as log, tqdm(total=steps, desc="main_ppo", unit="step", dynamic_ncols=True) as bar:
-        proc = subprocess.Popen(
-            main_ppo_command(train, test, out_dir, steps, *overrides), stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-        while proc.poll() is None:
-            time.sleep(1)
-            bar.update(len(_read_steps(metrics_path)) - bar.n)
-            if bar.n == 0:  # Ray and the workers take a minute to start: say which part it is in
-                bar.set_description(f"main_ppo: {startup_stage(log_path.read_text(errors='replace'))}", refresh=True)
-            else:
-                bar.set_description("main_ppo: training", refresh=False)
-        bar.update(len(_read_steps(metrics_path)) - bar.n)
-    if proc.returncode != 0:
-        raise UserError(f"main_ppo exited with code {proc.returncode}; its log: {log_path}")
-    checkpoint = out_dir / "checkpoints" / f"global_step_{steps}" / "actor" / "huggingface"
-    return checkpoint, _read_steps(metrics_path)
-
-
-# What main_ppo's log prints as it starts (verl 0.9.1: main_ppo.py, trainer_base.py), and what it is doing after it.
-STARTUP_STAGES = (
-    ("ray init kwargs", "starting Ray"),
-    ("Started a local Ray instance", "loading data"),
-    ("create worker group", "building the actor and reference workers"),
-    ("reward loop manager initialized", "starting the rollout server and agent loops"),
-    ("ready to fit", "first rollout"),
-)
-
-
-def startup_stage(log: str) -> str:
-    """The stage of main_ppo's start-up that ``log`` (its output so far) has reached.
-
-    >>> startup_stage("ray init kwargs: {}\\n... create worker group dict_keys(['actor_rollout_ref'])")
-    'building the actor and reference workers'
-    >>> startup_stage("")
-    'starting'
-    """
-    reached = [stage for marker, stage in STARTUP_STAGES if marker in log]
-    return reached[-1] if reached else "starting"
-
-
-def _read_steps(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    steps = [json.loads(line)["data"] for line in path.read_text().splitlines() if line.strip()]
-    return [step for step in steps if "training/global_step" in step]
+    if run.returncode != 0:
+        raise UserError(f"main_ppo exited with code {run.returncode} ({run.last_error()}); its log: {run.log_path}")
+    return run.checkpoint(steps), [step for step in run.steps if "training/global_step" in step]
 
 
 def format_steps(steps: list[dict]) -> str:
     """One row per training step: the reflect metrics verl-reflect's trainer logs."""
-    titles = ["step", *STEP_COLUMNS.values()]
-    lines = ["  ".join(f"{title:>{max(len(title), 6)}}" for title in titles)]
-    for step in steps:
-        cells = [f"{step['training/global_step']:>4}"] + [f"{step.get(key, float('nan')):.2f}" for key in STEP_COLUMNS]
-        lines.append("  ".join(f"{cell:>{max(len(title), 6)}}" for cell, title in zip(cells, titles)))
-    return "\n".join(lines)
+    import pandas as pd
+
+    table = pd.DataFrame(
+        [{title: step.get(key, float("nan")) for key, title in STEP_COLUMNS.items()} for step in steps],
+        index=pd.Index([step["training/global_step"] for step in steps], name="step"),
+    )
+    return table.to_string(float_format="{:.2f}".format)
 
 
 ESTIMATORS = ("reflect_grpo", "reflect_grpo_control", "grpo")
@@ -145,19 +96,19 @@ def grpo_loop_config(out_dir: Path) -> Path:
 def replay_eval(models: list[Path], failure_set: Path, jsonl: Path) -> list[list[dict]]:
     """Each model's records on ``failure_set`` with the stored failed attempts replayed (``attempt: replay``): the
     same failures for every model, so their retries compare; greedy, as ``eval`` samples (the recipe's val_kwargs)."""
-    args = eval_cmd.build_parser().parse_args(["--recipe", RECIPE, "--model", str(models[0])])
+    args = evaluate.build_parser().parse_args(["--recipe", RECIPE, "--model", str(models[0])])
     loop_recipe = recipe.load_recipe(args, recipe.validation_sampling)
-    rows = runner.load_rows(failure_set, limit=None, seed=0)
+    rows = runner.load_rows(failure_set, loop_recipe.config, limit=None, seed=0)
     jsonl.unlink(missing_ok=True)
     results = []
     for spec in runner.resolve_models([str(model) for model in models], loop_recipe):
         generation = make_backend(spec.path, args.backend, config=loop_recipe.config, max_batch_size=args.concurrency)
         model_runner = runner.Runner(spec, generation, loop_recipe, attempt="replay")
         try:
-            eval_cmd.evaluate(model_runner, rows, jsonl, sampling=loop_recipe.sampling, concurrency=args.concurrency)
+            evaluate.evaluate(model_runner, rows, jsonl, sampling=loop_recipe.sampling, concurrency=args.concurrency)
         finally:
             model_runner.close()
-        results.append([r for r in store.read_jsonl(jsonl) if r["model"] == spec.label])
+        results.append([r for r in trajectories.read_jsonl(jsonl) if r["model"] == spec.label])
     return results
 
 
@@ -196,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n3. failure set: the training prompts the warmed model fails (1 first attempt each)")
     failure_set = out_dir / "data" / "failures.parquet"
-    failures.main(
+    build_failures.main(
         [
             "--data",
             str(out_dir / "data" / "train.parquet"),
@@ -212,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     print(f"\n4. training: {args.steps} steps of verl's main_ppo on CPU ({RECIPE}, {args.estimator})")
-    print(f"log: {out_dir / 'train.log'}")
+    print(f"log: {out_dir / 'main_ppo.log'}")
     overrides = [f"algorithm.adv_estimator={args.estimator}", f"data.seed={args.seed}"]
     if args.estimator == "grpo":  # verl's plain GRPO on every generated token: the retry is trained too
         overrides.append(f"actor_rollout_ref.rollout.agent.agent_loop_config_path={grpo_loop_config(out_dir)}")
@@ -223,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint: {checkpoint}\nlearning curve: {curve}")
 
     print("\n5. evaluation on held-out prompts: warmed base vs trained, first try vs after one reflection")
-    (out_dir / store.JSONL_NAME).unlink(missing_ok=True)  # a fresh run: the demo is about watching it happen
-    eval_args = eval_cmd.build_parser().parse_args(
+    (out_dir / trajectories.JSONL_NAME).unlink(missing_ok=True)  # a fresh run: the demo is about watching it happen
+    eval_args = evaluate.build_parser().parse_args(
         [
             "--model",
             str(base),
@@ -238,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             str(out_dir),
         ]
     )
-    eval_cmd.run_eval(eval_args)
-    records = store.read_jsonl(out_dir / store.JSONL_NAME)
+    evaluate.run_eval(eval_args)
+    records = trajectories.read_jsonl(out_dir / trajectories.JSONL_NAME)
     first_tries = [[r for r in records if r["model"] == label] for label in dict.fromkeys(r["model"] for r in records)]
 
     print(
@@ -247,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("   same stored failed attempt (a held-out failure set, replayed)")
     held_out_failures = out_dir / "data" / "test_failures.parquet"
-    failures.main(
+    build_failures.main(
         ["--data", str(out_dir / "data" / "test.parquet"), "--out", str(held_out_failures), "--k", "1"]
         + ["--recipe", RECIPE, "--model", str(base), "--seed", str(args.seed)]
     )
@@ -276,7 +227,5 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + report.mask_bar(r["layout"]) + "   (a attempt, u user turn, R reflection, r retry)")
         for turn in r["turns"]:
             print(f"  {turn['kind']:>10}: {json.dumps(turn['text'][:70])}{'...' if len(turn['text']) > 70 else ''}")
-    print(
-        "\nA tiny model on a toy task: this shows the mechanism, not the paper's gains (README, 'The method, seen learning')."
-    )
+    print("\nA tiny model on a toy task: the mechanism, not the paper's gains (README, 'The method, seen learning').")
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from verl_reflect.cli_support import atomic_path
+from verl_reflect.commands.files import atomic_path
 
 Z95 = 1.959963984540054
 CURVE_NAME = "learning_curve.png"

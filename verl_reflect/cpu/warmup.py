@@ -16,7 +16,7 @@ is left to RL (``reflect_grpo`` rewards the reflection when the retry it leads t
 
 Built once and cached like the tiny model (``hidden-word-warm-<hash>`` beside it, the hash covering the tiny model,
 the task's prompts and words, the loop's prompts and the settings below); recipes name it as
-``${verl_reflect.hidden_word_model:}``.
+``${verl_reflect.hidden_word_model:}`` (``verl_reflect/resolvers.py``).
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ from pathlib import Path
 
 import yaml
 
-from verl_reflect import tiny
+from verl_reflect.cpu import tiny
 from verl_reflect.data import hidden_word
-from verl_reflect.recipe import RECIPES_DIR
 
-AGENT_LOOP_YAML = RECIPES_DIR / "agent_loops" / "hidden_word.yaml"
+AGENT_LOOP_YAML = Path(__file__).resolve().parents[2] / "recipes" / "agent_loops" / "hidden_word.yaml"
 # Measured (copy_probability, 64 random trajectories): 200 steps 0.57, 300 0.88, 400 0.94, 1000 0.99 at lr 1e-3;
 # lr 3e-3 was no faster (0.86 at 400). 400 steps of 32 trajectories: about 25 s on one quiet core.
 WARMUP = dict(steps=400, batch_size=32, lr=1e-3, seed=0)
@@ -194,10 +193,3 @@ def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def register_resolver() -> None:
-    """``${verl_reflect.hidden_word_model:}``: the warmed model's directory, built on first use."""
-    from omegaconf import OmegaConf
-
-    OmegaConf.register_new_resolver("verl_reflect.hidden_word_model", lambda: str(default_model_dir()), replace=True)
