@@ -61,9 +61,7 @@ def loop_stream(tokenizer, row: dict, words: list[str]) -> tuple[list[int], list
     async def main():
         loop = ReflectRetryAgentLoop(
             server_manager=server,
-            **kwargs,
-            reflection_prompt=reflection_prompt,
-            retry_prompt=retry_prompt,
+            **{**kwargs, "reflection_prompt": reflection_prompt, "retry_prompt": retry_prompt},
             max_attempt_tokens=2,
             max_reflection_tokens=2,
         )
