@@ -7,8 +7,8 @@ stored failed attempt; the trained model's retries must beat the control's by fa
 gain must come from the reflection: trained reflections name the hidden word, and retries still follow them.
 
 What breaks it (each checked once by running it; README, "The method, seen learning"): the advantage's sign flipped
-(the reflection learns to avoid the hidden word), or the mask shifted by one turn (onto the replayed attempt: nothing
-learns; onto the retry: the retry learns the word by itself and the reflections stay at chance).
+(reflections learn to avoid the hidden word: 0% after a failed attempt), or the mask shifted one turn later, onto the
+retry (it learns less, 68%: the margin below catches it).
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from verl_reflect.commands import learning
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
-# Measured (README): trained 0.97-1.00 after a failed attempt, control 0.12-0.25, base 0.12-0.16 (seeds 0-1).
-MARGIN = 0.4
+# Measured (README, two tiny-model seeds): after a failed attempt, trained 1.00 and 1.00, controls 0.00 and 0.12,
+# bases 0.13-0.17. The mask shifted one turn later (onto the retry) still learns, to 0.68: the retry's own gradient
+# teaches it the hidden set too; the trained run must reach 0.85, and the dump must show the reflection alone trained.
+MARGIN = 0.6
 
 
 def run_demo(out_dir: Path, cache_dir: Path, estimator: str) -> dict:
@@ -78,15 +80,28 @@ def test_the_demo_trains_every_step_and_its_end_table_shows_the_gain(trained):
 
 
 @pytest.mark.trainer
+def test_every_step_trained_the_reflection_tokens_and_nothing_else(trained):
+    for step in range(1, STEPS + 1):
+        rows = [json.loads(line) for line in (trained["dir"] / "rollouts" / f"trained_{step}.jsonl").open()]
+        assert len(rows) == 8 * 4
+        for row in rows:
+            (reflection,) = [turn for turn in row["turns"] if turn["kind"] == "reflection"]
+            span = set(range(reflection["start"], reflection["start"] + reflection["num_tokens"]))
+            assert {i for i, bit in enumerate(row["response_mask"]) if bit} == span
+            assert {i for i, a in enumerate(row["advantages"]) if a} <= span
+        assert any(any(row["advantages"]) for row in rows)
+
+
+@pytest.mark.trainer
 def test_the_trained_run_beats_its_control_through_its_reflections(trained, control):
     # Same base model, same held-out prompts: the base numbers agree, and the control does not rise.
     assert trained["summary"]["base"]["first_try"] == control["summary"]["base"]["first_try"]
     trained_rate, control_rate = after_failure_rate(trained, "trained"), after_failure_rate(control, "trained")
     assert control_rate <= after_failure_rate(control, "base") + 0.15
-    assert trained_rate >= control_rate + MARGIN
+    assert trained_rate >= control_rate + MARGIN and trained_rate >= 0.85
     # The gain is the reflection's: retries still copy the reflection's word, and those copies are right.
-    (label,) = {r["model"] for r in trained["after_failure"]} - {r["model"] for r in control["after_failure"]}
-    rows = [r for r in trained["after_failure"] if r["model"] == label]  # the trained checkpoint's records
+    rows = [r for r in trained["after_failure"] if r["model"].startswith("global_step_")]  # the trained checkpoint's
+    assert len(rows) == trained["summary"]["trained"]["after_failed_attempt"][1]
     words = [{t["kind"]: t["text"].strip() for t in r["turns"]} for r in rows]
     copied = [w["retry"] == w["reflection"] for w in words]
     assert sum(copied) / len(rows) >= 0.8

@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n4. training: {args.steps} steps of verl's main_ppo on CPU ({RECIPE}, {args.estimator})")
     print(f"log: {out_dir / 'main_ppo.log'}")
+    # rollouts/trained_<step>.jsonl: per row, the response, its mask and the advantages the update used.
     overrides = [f"algorithm.adv_estimator={args.estimator}", f"data.seed={args.seed}"]
+    overrides.append(f"trainer.rollout_data_dir={out_dir / 'rollouts'}")
     if args.estimator == "grpo":  # verl's plain GRPO on every generated token: the retry is trained too
         overrides.append(f"actor_rollout_ref.rollout.agent.agent_loop_config_path={grpo_loop_config(out_dir)}")
     checkpoint, steps = train(failure_set, out_dir / "data" / "test.parquet", out_dir, args.steps, *overrides)

@@ -69,12 +69,12 @@ def end_table(base: dict[str, tuple[int, int]], trained: dict[str, tuple[int, in
         lo, hi = wilson(k, n)
         return f"{100 * k / max(n, 1):5.1f}% [{100 * lo:3.0f},{100 * hi:4.0f}] n={n:<3}"
 
-    lines = [f"{'':34}{labels[0]:>26}{labels[1]:>28}{'gain (points)':>22}"]
+    lines = [f"{'':34}{labels[0]:>26}  {labels[1]:>30}{'gain (points)':>22}"]
     for key, title in MEASURES.items():
         (k1, n1), (k2, n2) = base[key], trained[key]
         lo, hi = newcombe(k1, n1, k2, n2)
         interval = f"{100 * (k2 / max(n2, 1) - k1 / max(n1, 1)):+.1f} [{100 * lo:+.0f},{100 * hi:+.0f}]"
-        lines.append(f"{title:34}{cell(k1, n1):>26}{cell(k2, n2):>28}{interval:>22}")
+        lines.append(f"{title:34}{cell(k1, n1):>26}  {cell(k2, n2):>30}{interval:>22}")
     return "\n".join(lines)
 
 
