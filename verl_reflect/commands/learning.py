@@ -101,17 +101,22 @@ def plot_curve(runs: dict[str, list[dict]], path: Path, data_source: str = "hidd
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=90)
     for (label, steps), color in zip(runs.items(), ("tab:blue", "tab:gray", "tab:orange", "tab:green")):
         xs = [step["training/global_step"] for step in steps]
-        ax.plot(xs, [100 * step["reflect/final_correct"] for step in steps], color=color, label=f"{label}: training")
+        ax.plot(
+            xs,
+            [100 * step["reflect/final_correct"] for step in steps],
+            color=color,
+            label=f"{label}: training rows, after a failed attempt",
+        )
         for stat, marker in (("final_correct", "o"), ("first_try_correct", "^")):
             key = f"val-aux/{data_source}/{stat}/mean@1"
             val = [(0 if "val_before_train" in s else s["training/global_step"], s[key]) for s in steps if key in s]
             if val:
-                name = "after reflection" if stat == "final_correct" else "first try"
+                name = "after reflection (all prompts)" if stat == "final_correct" else "first try"
                 ax.plot(
                     *zip(*[(x, 100 * y) for x, y in val]), marker, color=color, ls=":", label=f"{label}: val {name}"
                 )
     ax.set_xlabel("trainer step")
-    ax.set_ylabel("accuracy after a failed attempt (%)")
+    ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
