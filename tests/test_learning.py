@@ -33,7 +33,7 @@ MARGIN = 0.6
 
 def run_demo(out_dir: Path, cache_dir: Path, estimator: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "verl_reflect.cli", "demo", "--out-dir", str(out_dir), "--estimator", estimator]
+        [sys.executable, "-m", "verl_reflect.commands.cli", "demo", "--out-dir", str(out_dir), "--estimator", estimator]
         + ["--steps", str(STEPS), "--seed", "0"],
         cwd=REPO,
         env={**os.environ, "VERL_REFLECT_CACHE": str(cache_dir)},  # the session's tiny model; the warm-up beside it
