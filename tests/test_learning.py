@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,8 @@ def test_the_demo_trains_every_step_and_its_end_table_shows_the_gain(trained):
     assert gain >= 0.10 and low > 0  # the bar: 10 points, the 95% interval excluding zero
     out = trained["proc"].stdout
     assert "accuracy after a failed attempt" in out and "[95% Wilson interval]" in out
+    # One trajectory's layout, its trained span the reflection's tokens exactly.
+    assert re.search(r"attempt \d+ \| user turn \d+ \| REFLECTION (\d+) \(mask=1 on \1\) \| user turn \d+ \| retry", out)
     assert (trained["dir"] / learning.CURVE_NAME).stat().st_size > 0
 
 
