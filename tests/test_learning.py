@@ -78,7 +78,8 @@ def test_the_demo_trains_every_step_and_its_end_table_shows_the_gain(trained):
     out = trained["proc"].stdout
     assert "accuracy after a failed attempt" in out and "[95% Wilson interval]" in out
     # One trajectory's layout, its trained span the reflection's tokens exactly.
-    assert re.search(r"attempt \d+ \| user turn \d+ \| REFLECTION (\d+) \(mask=1 on \1\) \| user turn \d+ \| retry", out)
+    layout = r"attempt \d+ \| user turn \d+ \| REFLECTION (\d+) \(mask=1 on \1\) \| user turn \d+ \| retry"
+    assert re.search(layout, out)
     assert (trained["dir"] / learning.CURVE_NAME).stat().st_size > 0
 
 
