@@ -98,7 +98,7 @@ def plot_curve(runs: dict[str, list[dict]], path: Path, data_source: str = "hidd
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=90)
+    fig, ax = plt.subplots(figsize=(8.5, 3.4), dpi=90)
     for (label, steps), color in zip(runs.items(), ("tab:blue", "tab:gray", "tab:orange", "tab:green")):
         xs = [step["training/global_step"] for step in steps]
         ax.plot(
@@ -118,7 +118,7 @@ def plot_curve(runs: dict[str, list[dict]], path: Path, data_source: str = "hidd
     ax.set_xlabel("trainer step")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, off the lines
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
