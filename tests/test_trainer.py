@@ -69,7 +69,7 @@ def build_failure_set(train: Path, out: Path, cache_dir: Path, *overrides: str) 
 
 
 def train(
-    tmp_path: Path, cache_dir: Path, data_source: str, *overrides: str, failure_set=False, splits=None
+    tmp_path: Path, cache_dir: Path, ray_cluster, data_source: str, *overrides: str, failure_set=False, splits=None
 ) -> MainPPORun:
     """Train ``STEPS`` steps through the harness every command uses.
 
@@ -80,9 +80,11 @@ def train(
     overrides = (TOY_TASKS, *overrides)
     if failure_set:
         train_file = build_failure_set(train_file, tmp_path / "failures.parquet", cache_dir, *overrides)
+    ray_env, ray_overrides = ray_cluster
     return run_main_ppo(
         "countdown_tiny_cpu",
         [
+            *ray_overrides,
             f"data.train_files={train_file}",
             f"data.val_files={test}",
             f"trainer.total_training_steps={STEPS}",
@@ -94,6 +96,7 @@ def train(
         timeout=900,
         progress=False,
         env={
+            **ray_env,
             "VERL_REFLECT_CACHE": str(cache_dir),  # the tiny model this test session already built
             "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
         },
@@ -111,11 +114,12 @@ def trained_rows(run: dict, step: int) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def parity_run(tmp_path_factory, tiny_model_dir):
+def parity_run(tmp_path_factory, tiny_model_dir, ray_cluster):
     # A large learning rate moves the policy far in one step, so a rollout server left on stale weights shows.
     return train(
         tmp_path_factory.mktemp("parity"),
         tiny_model_dir.parent,
+        ray_cluster,
         "toy_tasks.parity",
         "actor_rollout_ref.actor.optim.lr=1e-2",
         failure_set=True,
@@ -123,8 +127,8 @@ def parity_run(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def first_try_run(tmp_path_factory, tiny_model_dir):
-    return train(tmp_path_factory.mktemp("first_try"), tiny_model_dir.parent, "toy_tasks.first_try")
+def first_try_run(tmp_path_factory, tiny_model_dir, ray_cluster):
+    return train(tmp_path_factory.mktemp("first_try"), tiny_model_dir.parent, ray_cluster, "toy_tasks.first_try")
 
 
 def test_main_ppo_trains_every_step_and_logs_reflect_metrics(parity_run):
@@ -269,11 +273,12 @@ def write_reverse_task(directory: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def reverse_run(tmp_path_factory, tiny_model_dir):
+def reverse_run(tmp_path_factory, tiny_model_dir, ray_cluster):
     tmp_path = tmp_path_factory.mktemp("reverse")
     return train(
         tmp_path,
         tiny_model_dir.parent,
+        ray_cluster,
         "toy_tasks.reverse",
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={REVERSE_LOOP}",
         failure_set=True,

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from verl_reflect import data
-from verl_reflect.commands import build_failures, evaluate, learning, recipe, report, runner, trajectories
+from verl_reflect.commands import build_failures, evaluate, learning, loop, report, run_args, runner, trajectories
 from verl_reflect.commands.backends import make_backend
 from verl_reflect.commands.errors import ArgumentParser, UserError
 from verl_reflect.commands.main_ppo import run_main_ppo
@@ -97,11 +97,11 @@ def replay_eval(models: list[Path], failure_set: Path, jsonl: Path) -> list[list
     """Each model's records on ``failure_set`` with the stored failed attempts replayed (``attempt: replay``): the
     same failures for every model, so their retries compare; greedy, as ``eval`` samples (the recipe's val_kwargs)."""
     args = evaluate.build_parser().parse_args(["--recipe", RECIPE, "--model", str(models[0])])
-    loop_recipe = recipe.load_recipe(args, recipe.validation_sampling)
-    rows = runner.load_rows(failure_set, loop_recipe.config, limit=None, seed=0)
+    loop_recipe = loop.load_recipe(args, loop.validation_sampling)
+    rows = run_args.load_rows(failure_set, loop_recipe.config, limit=None, seed=0)
     jsonl.unlink(missing_ok=True)
     results = []
-    for spec in runner.resolve_models([str(model) for model in models], loop_recipe):
+    for spec in run_args.resolve_models([str(model) for model in models], loop_recipe):
         generation = make_backend(spec.path, args.backend, config=loop_recipe.config, max_batch_size=args.concurrency)
         model_runner = runner.Runner(spec, generation, loop_recipe, attempt="replay")
         try:
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             f"the demo trains with this repository's recipes ({RECIPES_DIR}): install it with pip install -e ."
         )
     out_dir = args.out_dir.resolve()
-    runner.quiet_transformers()
+    run_args.quiet_transformers()
 
     print("verl-reflect demo: reflection-only RL on a tiny model, through verl's real trainer, on a CPU.\n")
     # Replay makes every training row reflect: the failure set must hold a batch of prompts for every step.
