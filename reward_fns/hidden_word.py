@@ -10,6 +10,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# The task's definition, here beside its verifier (pure standard library): the rows (verl_reflect/data/hidden_word.py)
+# and the warm-up (verl_reflect/cpu/warmup.py) read it.
+HIDDEN_WORDS = ("city", "query", "string", "amount")  # the fixed hidden set: nothing in a prompt names it
+OTHER_WORDS = ("date", "name", "unit", "type", "search", "system", "object", "limit", "default", "integer", "self")
+HIDDEN_WORD_SYSTEM = "Reply with one word."
+HIDDEN_WORD_USER = "Which word is in the hidden set?\n{words}"
+WORDS_PER_PROMPT = 4
+
 
 def compute_score(
     data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None, **kwargs: Any

@@ -22,7 +22,6 @@ the task's prompts and words, the loop's prompts and the settings below); recipe
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -31,8 +30,8 @@ from pathlib import Path
 
 import yaml
 
+import reward_fns.hidden_word as hidden_word  # the task's words and prompt (the data package imports commands)
 from verl_reflect.cpu import tiny
-from verl_reflect.data import hidden_word
 
 AGENT_LOOP_YAML = Path(__file__).resolve().parents[2] / "recipes" / "agent_loops" / "hidden_word.yaml"
 # Measured (copy_probability, 64 random trajectories): 200 steps 0.57, 300 0.88, 400 0.94, 1000 0.99 at lr 1e-3;
@@ -78,17 +77,22 @@ def _render(tokenizer, messages: list[dict]) -> list[int]:
     )
 
 
+def prompt_messages(listed: list[str]) -> list[dict]:
+    """A hidden-word row's chat (as ``verl_reflect/data/hidden_word.py`` writes it) for the words ``listed``."""
+    user = hidden_word.HIDDEN_WORD_USER.format(words="\n".join(listed))
+    return [{"role": "system", "content": hidden_word.HIDDEN_WORD_SYSTEM}, {"role": "user", "content": user}]
+
+
 class TrajectorySampler:
     """Random warm-up examples, fast: one trajectory rendered exactly (``trajectory_ids``), then each example is
     that layout with other word ids in its seven one-token word slots (four in the prompt list, three answers)."""
 
     def __init__(self, tokenizer, prompts: tuple[str, str]):
-        (row,), _ = hidden_word.hidden_word_splits(1, 1)
         self.words = hidden_word.HIDDEN_WORDS + hidden_word.OTHER_WORDS
         self.word_ids = [_one_token(tokenizer, word) for word in self.words]
-        listed = json.loads(row["reward_model"]["ground_truth"])["words"]
+        listed = [hidden_word.HIDDEN_WORDS[0], *hidden_word.OTHER_WORDS[: hidden_word.WORDS_PER_PROMPT - 1]]
         reference = [listed[0], listed[1], listed[1]]
-        self.ids, self.mask = trajectory_ids(tokenizer, row["prompt"], reference, prompts)
+        self.ids, self.mask = trajectory_ids(tokenizer, prompt_messages(listed), reference, prompts)
         ids_of = dict(zip(self.words, self.word_ids))
         prompt_end = self.mask.index(1)
         # Each listed word appears once in the prompt: its slot is where its id is.

@@ -9,14 +9,24 @@ from __future__ import annotations
 import json
 import random
 
-from verl_reflect.data.rows import check_positive, make_row
+from reward_fns.hidden_word import (  # re-exported: the task's words and prompt live beside its verifier
+    HIDDEN_WORD_SYSTEM,
+    HIDDEN_WORD_USER,
+    HIDDEN_WORDS,
+    OTHER_WORDS,
+    WORDS_PER_PROMPT,
+)
+from verl_reflect.data.rows import make_row
 
 HIDDEN_WORD_SOURCE = "hidden_word"
-HIDDEN_WORDS = ("city", "query", "string", "amount")  # the fixed hidden set: nothing in a prompt names it
-OTHER_WORDS = ("date", "name", "unit", "type", "search", "system", "object", "limit", "default", "integer", "self")
-HIDDEN_WORD_SYSTEM = "Reply with one word."
-HIDDEN_WORD_USER = "Which word is in the hidden set?\n{words}"
-WORDS_PER_PROMPT = 4
+__all__ = [
+    "HIDDEN_WORD_SOURCE",
+    "HIDDEN_WORD_SYSTEM",
+    "HIDDEN_WORD_USER",
+    "HIDDEN_WORDS",
+    "OTHER_WORDS",
+    "hidden_word_splits",
+]
 
 
 def hidden_word_splits(train_size: int, test_size: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -24,8 +34,8 @@ def hidden_word_splits(train_size: int, test_size: int, seed: int = 0) -> tuple[
 
     There are 4 x C(11, 3) = 660 word sets (x 24 orders), so sizes in the hundreds stay distinct.
     """
-    check_positive("train_size", train_size)
-    check_positive("test_size", test_size)
+    if min(train_size, test_size) < 1:  # the command line checks sizes first; this guards library callers
+        raise ValueError(f"train_size and test_size must be positive, got {train_size} and {test_size}")
     rng = random.Random(seed)
     seen: set[frozenset] = set()
     splits = []
