@@ -58,7 +58,7 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_static_checks_pass_for_every_shipped_recipe(capsys, recipe):
+def test_static_checks_pass_for_every_shipped_recipe(capsys, recipe, tiny_default):
     code, lines = dry_run(capsys, "--config-name", recipe)
     assert code == 0, "\n".join(lines)
     assert not [line for line in lines if line.startswith("✗")]

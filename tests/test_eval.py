@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import math
-import re
 import shutil
 import subprocess
 import sys
@@ -134,24 +133,7 @@ def test_two_models_side_by_side(tmp_path, tiny_model_dir, capsys):
     assert (out_dir / report.PNG_NAME).read_bytes()[:8] == PNG_MAGIC
 
 
-@pytest.mark.trainer
-def test_demo_runs_failures_training_and_eval_and_shows_the_mask(tmp_path, tiny_default, capsys):
-    assert cli.main(["demo", "--out-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    # 2. the failure set, 3. two real trainer steps with the reflect metrics per step, 4. base vs trained.
-    assert "kept 16 of 16 prompts" in out
-    step_rows = [line.split() for line in out.splitlines() if re.match(r"\s+[12]\s+\d\.\d\d\s", line)]
-    assert [row[0] for row in step_rows] == ["1", "2"]
-    assert all(row[3] == "1.00" for row in step_rows)  # every row of the failure set reflected
-    table_header = next(line for line in out.splitlines() if "tiny-random" in line and "global_step_2" in line)
-    assert table_header.split() == ["tiny-random", "global_step_2"]
-    assert _table_value(out, "N") == ["16", "16"]
-    assert re.search(
-        r"attempt \d+ \| user turn \d+ \| REFLECTION (\d+) \(mask=1 on \1\) \| user turn \d+ \| retry", out
-    )
-    assert "expected" in out
-    assert (tmp_path / "checkpoints" / "global_step_2" / "actor" / "huggingface" / "model.safetensors").exists()
-    assert len(_records(tmp_path)) == 32 and (tmp_path / report.PNG_NAME).exists()
+# The demo runs in tests/test_learning.py (it trains for real, against its control).
 
 
 # ----------------------------------------------------------------------------- the numbers

@@ -68,3 +68,35 @@ def compute_reflect_grpo_advantage(
         scalar = scalar * (count[group] >= 2)  # (bs,)
         advantages = scalar.unsqueeze(-1) * response_mask  # (bs, response_length)
     return advantages, advantages
+
+
+@register_adv_est("reflect_grpo_control")
+def compute_reflect_grpo_control_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray,
+    epsilon: float = 1e-6,
+    norm_adv_by_std_in_grpo: bool = True,
+    config: Optional[AlgoConfig] = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reflect_grpo`` with the reflection reward taken away: the control arm of the learning test and the README.
+
+    The rows' outcome rewards are shuffled across the batch before ``reflect_grpo`` runs, so the update has the
+    same size, the same mask and the same share of rows with gradient as the real run, but a reflection's
+    advantage no longer says whether its retry succeeded. Whatever this arm learns is drift, not the method.
+    The permutation is drawn from ``algorithm.control_seed`` (default 0) and the batch's rewards, so a run is
+    reproducible.
+
+    Args and returns: as ``compute_reflect_grpo_advantage``; ``token_level_rewards`` `(bs, response_length)`.
+    """
+    seed = int(config.get("control_seed", 0)) if config is not None else 0
+    scores = token_level_rewards.sum(dim=-1)  # (bs,)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + int(scores.sum().item() * 1000) + len(scores))
+    permutation = torch.randperm(len(scores), generator=generator)  # (bs,)
+    # One reward per row, on its last token: the estimator only reads the row sums.
+    shuffled = torch.zeros_like(token_level_rewards)
+    shuffled[:, -1] = scores[permutation]
+    return compute_reflect_grpo_advantage(
+        shuffled, response_mask, index, epsilon, norm_adv_by_std_in_grpo, config=config, **kwargs
+    )

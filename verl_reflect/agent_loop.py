@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any, Optional
 from uuid import uuid4
 
@@ -90,6 +91,9 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             a row with no stored attempt, one longer than the attempt cap, one this tokenizer does not decode to
             its stored text, or one the verifier now scores correct is an error. Under replay
             ``first_try_correct`` is False by construction; ``replayed_attempt`` marks such rows.
+        trained_turns: the generated turn kinds ``response_mask`` covers: ``["reflection"]`` (the method), or
+            ``["reflection", "retry"]`` for verl's plain ``grpo`` on every generated token (a comparison run). A
+            replayed attempt is never generated, so never trained.
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         max_attempt_tokens: Optional[int] = None,
         max_reflection_tokens: Optional[int] = None,
         attempt: str = "generate",
+        trained_turns: Sequence[str] = ("reflection",),
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -108,7 +113,10 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             raise ValueError(f"max_reflections must be >= 0, got {max_reflections}")
         if attempt not in ATTEMPT_MODES:
             raise ValueError(f"attempt must be one of {ATTEMPT_MODES}, got {attempt!r}")
+        if not set(trained_turns) <= {"reflection", "retry"}:
+            raise ValueError(f"trained_turns must be among reflection, retry; got {list(trained_turns)}")
         self.attempt = attempt
+        self.trained_turns = tuple(trained_turns)
         self.reflection_prompt = reflection_prompt
         self.retry_prompt = retry_prompt
         self.max_reflections = max_reflections
@@ -184,7 +192,7 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             "first_try_correct": first_try_correct,
             "final_correct": correct,
             "num_reflections": num_reflections,
-            "reflection_tokens": sum(traj.mask),
+            "reflection_tokens": sum(turn.num_tokens for turn in traj.turns if turn.kind == "reflection"),
             "replayed_attempt": stored_attempt is not None,
         }
         return AgentLoopOutput(
@@ -281,8 +289,8 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         )
         traj.token_ids = merge.token_ids
         num_tokens = merge.appended_token_count
-        if kind != "reflection" and num_tokens:
-            # The builder marks every generated token as trainable; only reflections are.
+        if kind not in self.trained_turns and num_tokens:
+            # The builder marks every generated token as trainable; only reflections are (trained_turns).
             traj.mask[-num_tokens:] = [0] * num_tokens
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
         traj.messages.append({"role": "assistant", "content": text})

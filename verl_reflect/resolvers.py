@@ -3,6 +3,8 @@ command composes a recipe.
 
 - ``${verl_reflect.tiny_model:}``: the embedded tiny model's directory (``verl_reflect/cpu/tiny.py``), built on first
   use, so the CPU recipes name it without a path to fill in;
+- ``${verl_reflect.hidden_word_model:}``: the tiny model after the hidden-word warm-up (``verl_reflect/cpu/warmup.py``),
+  built on first use and cached, for ``hidden_word_tiny_cpu``;
 - ``${verl_reflect.required:data.train_files}``: a value the launch command must set. Recipes cannot use ``???`` for
   keys verl's own config already sets: OmegaConf keeps the earlier value (verl's GSM8K paths) when it merges a
   missing one over it.
@@ -21,12 +23,19 @@ def _tiny_model() -> str:
     return str(default_model_dir())
 
 
+def _hidden_word_model() -> str:
+    from verl_reflect.cpu.warmup import default_model_dir  # torch and transformers: only when a recipe asks
+
+    return str(default_model_dir())
+
+
 def _required(key: str):
     raise ValueError(f"{key} is not set: add {key}=<path> to the command (see the recipe's header)")
 
 
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("verl_reflect.tiny_model", _tiny_model, replace=True)
+    OmegaConf.register_new_resolver("verl_reflect.hidden_word_model", _hidden_word_model, replace=True)
     OmegaConf.register_new_resolver(REQUIRED, _required, replace=True)
 
 

@@ -7,7 +7,8 @@
     verl-reflect dry-run          check a recipe on a CPU before GPU time is spent
 
 Bad input (a missing model or file, a parquet without the needed columns, a task with no reward
-function) is one line on stderr and exit code 2.
+function) is one line on stderr and exit code 2. verl's import-time warnings stay out of the output unless
+``--verbose`` (anywhere on the line) or ``VERL_REFLECT_VERBOSE=1`` asks for them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from verl_reflect import data
-from verl_reflect.commands import build_failures, demo, dry_run, evaluate
+from verl_reflect.commands import build_failures, demo, dry_run, evaluate, quiet
 from verl_reflect.commands.errors import run_command
 
 COMMANDS = {
@@ -29,7 +30,9 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``verl-reflect`` console script: ``verl-reflect <command> [args]``."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    verbose, argv = quiet.verbose_requested(sys.argv[1:] if argv is None else list(argv))
+    if not verbose:
+        quiet.quiet_verl()
     if not argv or argv[0] not in COMMANDS:
         usage = (
             "usage: verl-reflect {"

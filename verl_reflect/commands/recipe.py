@@ -53,7 +53,7 @@ def compose(recipe: str = DEFAULT_RECIPE, overrides: list[str] = ()) -> DictConf
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    # Only the resolver the tiny recipe names: importing verl_reflect.register (the trainer's plugins) costs seconds.
+    # Only the resolvers the CPU recipes name: importing verl_reflect.register (the trainer's plugins) costs seconds.
     resolvers.register_resolvers()
     path = recipe_file(recipe)
     try:

@@ -83,6 +83,8 @@ class Runner:
             data_source=row["data_source"],
             reward_model=row["reward_model"],
             extra_info=row["extra_info"],
+            # A failure set's stored attempts, for a loop built with attempt="replay" (verl passes every column).
+            **({"failed_attempts": row["failed_attempts"]} if "failed_attempts" in row else {}),
         )
         fields = out.extra_fields
         turns = [{"kind": t["kind"], "text": t["text"], "correct": t["correct"]} for t in fields["turns"]]

@@ -40,6 +40,11 @@ from verl_reflect.data.countdown import (
     countdown_splits,
 )
 from verl_reflect.data.function_calling import FUNCTION_CALLING_SYSTEM, SAMPLE_XLAM, function_calling_rows, load_xlam
+from verl_reflect.data.hidden_word import (
+    HIDDEN_WORD_SOURCE,
+    HIDDEN_WORDS,
+    hidden_word_splits,
+)
 from verl_reflect.data.rows import (
     AGENT_NAME,
     FAILED_ATTEMPTS,
@@ -53,6 +58,9 @@ from verl_reflect.data.rows import (
 from verl_reflect.data.tasks import TASKS, task_rows
 
 __all__ = [
+    "HIDDEN_WORD_SOURCE",
+    "HIDDEN_WORDS",
+    "hidden_word_splits",
     "TASKS",
     "task_rows",
     "AGENT_NAME",

@@ -11,15 +11,22 @@ from collections.abc import Callable
 from verl_reflect.commands.errors import UserError
 from verl_reflect.data.countdown import countdown_rows
 from verl_reflect.data.function_calling import SAMPLE_XLAM, function_calling_rows, load_xlam
+from verl_reflect.data.hidden_word import hidden_word_splits
 
 
 def _function_calling(count: int, seed: int, split: str) -> list[dict]:
     return function_calling_rows(load_xlam(SAMPLE_XLAM), split=split)[:count]  # the shipped xlam sample
 
 
+def _hidden_word(count: int, seed: int, split: str) -> list[dict]:
+    train, test = hidden_word_splits(count if split == "train" else 1, count if split != "train" else 1, seed=seed)
+    return train if split == "train" else test
+
+
 TASKS: dict[str, Callable[[int, int, str], list[dict]]] = {
     "countdown": lambda count, seed, split: countdown_rows(count, seed=seed, split=split),
     "function_calling": _function_calling,
+    "hidden_word": lambda count, seed, split: _hidden_word(count, seed, split),
 }
 
 
