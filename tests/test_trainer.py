@@ -64,9 +64,9 @@ def build_failure_set(train: Path, out: Path, cache_dir: Path, *overrides: str) 
 
 
 def run_main_ppo(
-    tmp_path: Path, cache_dir: Path, data_source: str, *overrides: str, failure_set=False, splits=None
+    tmp_path: Path, cache_dir: Path, data_source: str, *overrides: str, failure_set=False, splits=None, steps=STEPS
 ) -> dict:
-    """Train ``STEPS`` steps; returns the exit code, the per-step metrics and the output folders.
+    """Train ``steps`` steps; returns the exit code, the per-step metrics and the output folders.
 
     ``failure_set``: train on what ``verl-reflect build-failures`` keeps of the train split (replayed attempts).
     ``splits``: the train and test parquet (default: Countdown prompts scored by ``data_source``).
@@ -80,7 +80,7 @@ def run_main_ppo(
         [
             f"data.train_files={train}",
             f"data.val_files={test}",
-            f"trainer.total_training_steps={STEPS}",
+            f"trainer.total_training_steps={steps}",
             f"trainer.default_local_dir={tmp_path / 'checkpoints'}",
             f"trainer.rollout_data_dir={tmp_path / 'rollouts'}",
             "trainer.logger=[console,file]",
@@ -101,10 +101,13 @@ def run_main_ppo(
     return {"proc": proc, "steps": steps, "dir": tmp_path}
 
 
-def check_ran(run: dict) -> None:
+def check_ran(run: dict, steps: int = STEPS) -> None:
     proc = run["proc"]
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert [step["training/global_step"] for step in run["steps"]] == list(range(1, STEPS + 1))
+    assert [step["training/global_step"] for step in run["steps"]] == list(range(1, steps + 1))
+    for step in run["steps"]:  # verl's file logger writes NaN as null
+        nan = [key for key, value in step.items() if value is None or (isinstance(value, float) and math.isnan(value))]
+        assert not nan, f"NaN logged at step {step['training/global_step']}: {nan}"
 
 
 def trained_rows(run: dict, step: int) -> list[dict]:

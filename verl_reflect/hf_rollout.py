@@ -15,6 +15,7 @@ from typing import Any, Generator, Optional
 
 import ray
 import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from verl.workers.rollout.base import _ROLLOUT_REGISTRY, BaseRollout
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
@@ -100,18 +101,27 @@ def _server_name(replica_rank: int) -> str:
 
 
 class HFReplica(RolloutReplica):
-    """Trainer side of the ``hf`` rollout: starts one ``HFServer`` actor per replica."""
+    """Trainer side of the ``hf`` rollout: starts one ``HFServer`` actor per replica, on its workers' node."""
 
     async def init_standalone(self):
-        # The server loads model.path itself, and no trainer pushes weights to a standalone server: none of the
-        # checkpoint-engine workers verl's base class starts for that on a GPU resource pool.
+        if self.config.checkpoint_engine.backend != "naive":
+            # A trainer will sync weights into it (``separate_async``): verl's own standalone path starts the
+            # weight-receiving workers (``CheckpointEngineWorker`` with an ``HFServerAdapter``) on a resource pool
+            # of the replica's own, then ``launch_servers``.
+            return await super().init_standalone()
+        # No trainer pushes weights (``eval``/``build-failures --backend verl``): the server loads model.path itself
+        # and needs none of those workers, nor the GPU bundles they take.
         self.rollout_mode = RolloutMode.STANDALONE
         await self.launch_servers()
 
     async def launch_servers(self):
+        options = {}
+        if self.workers:  # next to the workers that hand it weights, as verl pins vLLM's servers
+            node_id = await self.workers[0].__ray_call__.remote(lambda worker: ray.get_runtime_context().get_node_id())
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
         server = (
             ray.remote(HFServer)
-            .options(name=_server_name(self.replica_rank), max_concurrency=self.max_concurrency, num_cpus=0)
+            .options(name=_server_name(self.replica_rank), max_concurrency=self.max_concurrency, num_cpus=0, **options)
             .remote(
                 model_path=self.model_config.path,
                 max_batch_size=self.config.max_num_seqs,

@@ -1,5 +1,5 @@
 """Register verl-reflect in verl: the ``reflect_retry`` agent loop, the ``reflect_grpo`` estimator, the
-``reflect_sync`` trainer, the CPU training path (``cpu`` platform, ``hf`` rollout) and the
+``reflect_<mode>`` trainers, the CPU training path (``cpu`` platform, ``hf`` rollout, ``gloo`` checkpoint engine) and the
 ``${verl_reflect.tiny_model:}`` config resolver.
 
 Imported by the ``verl.plugins`` entry point on ``import verl``, and named by every recipe in
@@ -10,8 +10,9 @@ every worker process. Importing it again is a no-op.
 import verl_reflect.advantage  # noqa: F401  (registers reflect_grpo)
 import verl_reflect.agent_loop  # noqa: F401  (registers reflect_retry)
 import verl_reflect.cpu  # noqa: F401  (registers the cpu platform; inert unless VERL_PLATFORM=cpu)
+import verl_reflect.gloo_checkpoint  # noqa: F401  (registers the gloo checkpoint engine; inert unless selected)
 import verl_reflect.hf_rollout  # noqa: F401  (registers the hf rollout; inert unless rollout.name=hf)
-import verl_reflect.trainer  # noqa: F401  (registers the reflect_sync trainer)
+import verl_reflect.trainer  # noqa: F401  (registers reflect_sync, reflect_colocate_async, reflect_separate_async)
 from verl_reflect import tiny
 
 tiny.register_resolver()  # ${verl_reflect.tiny_model:}

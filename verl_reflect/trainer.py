@@ -18,7 +18,8 @@ abort, sleep, sync and resume the rollout) with ``ReflectRetryMixin`` in front, 
   within each data-parallel rank's share (``_balance_batch``'s partition is kept) so the reflecting rows spread
   over the mini-batches (``_spread_trained_rows``).
 - **What was trained, dumped.** With ``trainer.rollout_data_dir`` set, ``<dir>/trained_<step>.jsonl`` holds per
-  row the response ids, ``response_mask``, the advantages the actor update used, and the loop's turn records.
+  row the response ids, ``response_mask``, the advantages the actor update used, the trainer's and the rollout's
+  log-probs, the weight versions of its first and last token, and the loop's turn records.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ VERL_TRAINERS = {
     "separate_async": PPOTrainerSeparateAsync,
 }
 _STAT_KEYS = ("first_try_correct", "final_correct", "num_reflections", "reflection_tokens", "replayed_attempt")
+
+
+def _is_nan(value) -> bool:
+    return isinstance(value, (float, np.floating)) and bool(np.isnan(value))
 
 
 def _generated_tokens(row: dict) -> int:
@@ -148,6 +153,11 @@ class ReflectRetryMixin:
             }
         )
 
+        # A mean over no tokens (advantages, entropy and rollout-vs-trainer probabilities of a step that trains
+        # nothing) is undefined: left out of the logs, as verl leaves out the loss of an update it did not run.
+        for key in [key for key, value in metrics.items() if _is_nan(value)]:
+            del metrics[key]
+
     def _log_rollout_data(self, batch, timing_raw, rollout_data_dir):
         super()._log_rollout_data(batch, timing_raw, rollout_data_dir)
         os.makedirs(rollout_data_dir, exist_ok=True)
@@ -157,7 +167,9 @@ class ReflectRetryMixin:
 
     def _trained_rows(self, batch) -> list[dict]:
         """Per non-padding row: the loop's stats and turns, the response, its mask and its advantages."""
-        fields = ["responses", "response_mask", "advantages", "rm_scores", "extra_fields"]
+        fields = ["responses", "response_mask", "advantages", "rm_scores", "extra_fields", "old_log_probs"]
+        if self.config.actor_rollout_ref.rollout.calculate_log_probs:
+            fields.append("rollout_log_probs")
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         extra_fields = (
             data["extra_fields"].tolist() if hasattr(data["extra_fields"], "tolist") else data["extra_fields"]
@@ -179,6 +191,10 @@ class ReflectRetryMixin:
                     "response_ids": data["responses"][i].tolist(),
                     "response_mask": data["response_mask"][i].tolist(),
                     "advantages": data["advantages"][i].tolist(),
+                    # the trainer's log-probs of the response before the update, and the rollout's (if it sent
+                    # them): equal up to numerics where the row was sampled from the weights the update started at
+                    "old_log_probs": data["old_log_probs"][i].tolist(),
+                    "rollout_log_probs": data["rollout_log_probs"][i].tolist() if "rollout_log_probs" in fields else None,
                     "turns": [
                         {key: turn[key] for key in ("kind", "start", "num_tokens", "correct")}
                         for turn in extra["turns"]
