@@ -161,6 +161,7 @@ def two_node_run(tmp_path_factory, tiny_model_dir):
         "VERL_PLATFORM": "cpu",
         "VERL_REFLECT_CACHE": str(tiny_model_dir.parent),
         "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
+        "VERL_FILE_LOGGER_PATH": str(tmp_path / "metrics.jsonl"),  # the trainer's metrics, as run_main_ppo reads them
     }
     saved = {key: os.environ.get(key) for key in (*node_env, "RAY_ADDRESS")}
     os.environ.update(node_env)
