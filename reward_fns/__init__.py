@@ -9,6 +9,12 @@ verl recipes point here::
 so adding a task means adding one module; there is no registry to edit. Module names
 starting with ``_`` are helpers, never tasks.
 
+A dotted ``data_source`` (``my_lab.tasks.sudoku``) names a task module outside this package, but only
+under a package the recipe allows (``reward.custom_reward_function.reward_kwargs.task_packages``, which
+verl passes here as ``task_packages``) or one that registers through the ``verl_reflect.tasks`` entry-point
+group. A dataset is untrusted input: no ``data_source`` string decides what gets imported, and any other
+name is the "no reward function" error, raised before any import.
+
 Every task scores 1.0 (correct) or 0.0 (anything else). Ground truths are trusted data:
 a malformed one raises ``ValueError``. Model output is not trusted: any string scores
 without raising.
@@ -20,12 +26,21 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
 import keyword
 import pkgutil
 import reprlib
+from collections.abc import Iterable
 from typing import Any, Callable
 
-__all__ = ["available_data_sources", "compute_score", "extract_answer", "get_compute_score", "preview"]
+__all__ = [
+    "TASK_PACKAGES_KEY",
+    "available_data_sources",
+    "compute_score",
+    "extract_answer",
+    "get_compute_score",
+    "preview",
+]
 
 _OPEN, _CLOSE = "<answer>", "</answer>"
 
@@ -100,26 +115,51 @@ def _is_task_name(name: str) -> bool:
 
 def _no_reward_fn(data_source: object) -> ValueError:
     is_name = isinstance(data_source, str) and all(_is_task_name(part) for part in data_source.split("."))
-    if not is_name:
-        where = "reward_fns/<module name>.py"
-    else:
-        where = f"{data_source.replace('.', '/')}.py" if "." in data_source else f"reward_fns/{data_source}.py"
+    where, allow = "reward_fns/<module name>.py", ""
+    if is_name and "." in data_source:
+        where = f"{data_source.replace('.', '/')}.py"
+        allow = f" under an allowed package ({TASK_PACKAGES_KEY}=[{data_source.split('.')[0]}])"
+    elif is_name:
+        where = f"reward_fns/{data_source}.py"
     return ValueError(
-        f"no reward function for data_source {data_source!r}: add {where} with compute_score(...)"
+        f"no reward function for data_source {data_source!r}: add {where} with compute_score(...){allow}"
         f" (available: {', '.join(available_data_sources()) or 'none'})"
     )
 
 
-def get_compute_score(data_source: str) -> Callable[..., float]:
+TASK_PACKAGES_KEY = "reward.custom_reward_function.reward_kwargs.task_packages"
+ENTRY_POINT_GROUP = "verl_reflect.tasks"
+
+
+@functools.lru_cache(maxsize=1)
+def _registered_task_packages() -> frozenset[str]:
+    """Packages installed with a ``verl_reflect.tasks`` entry point (``name = "package"``)."""
+    return frozenset(ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _is_allowed(data_source: str, task_packages: Iterable[str]) -> bool:
+    """A dotted name lies under an allowed package: ``lab.tasks.x`` under ``lab`` or ``lab.tasks``."""
+    allowed = {*task_packages, *_registered_task_packages()}
+    return any(data_source.startswith(f"{package}.") for package in allowed)
+
+
+def get_compute_score(data_source: str, task_packages: Iterable[str] = ()) -> Callable[..., float]:
     """Return ``reward_fns.<data_source>.compute_score``; raise ValueError if there is none.
 
     A dotted ``data_source`` names a task module outside this package (a lab's private task, a test
-    fixture): ``my_tasks.sudoku`` is ``my_tasks/sudoku.py``'s ``compute_score``, importable on ``PYTHONPATH``.
+    fixture): ``my_tasks.sudoku`` is ``my_tasks/sudoku.py``'s ``compute_score``, importable on ``PYTHONPATH``,
+    if ``my_tasks`` is one of ``task_packages`` (or registered as a ``verl_reflect.tasks`` entry point).
+    Nothing is imported for a name outside them.
 
     >>> get_compute_score("countdown").__module__
     'reward_fns.countdown'
+    >>> get_compute_score("idlelib.idle")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: no reward function for data_source 'idlelib.idle': add idlelib/idle.py with compute_score(...) under ...
     """
     if not isinstance(data_source, str) or not all(_is_task_name(part) for part in data_source.split(".")):
+        raise _no_reward_fn(data_source)
+    if "." in data_source and not _is_allowed(data_source, task_packages):
         raise _no_reward_fn(data_source)
     return _load(str(data_source))
 
@@ -146,11 +186,13 @@ def compute_score(
     solution_str: str,
     ground_truth: Any,
     extra_info: dict | None = None,
+    task_packages: Iterable[str] = (),
     **kwargs: Any,
 ) -> float:
-    """Score ``solution_str`` with the task module named by ``data_source``.
+    """Score ``solution_str`` with the task module named by ``data_source`` (``task_packages``: see
+    ``get_compute_score``; verl passes the recipe's ``reward_kwargs`` here).
 
     >>> compute_score("countdown", "<answer>(1 + 2) * 3</answer>", '{"target": 9, "numbers": [1, 2, 3]}')
     1.0
     """
-    return get_compute_score(data_source)(data_source, solution_str, ground_truth, extra_info, **kwargs)
+    return get_compute_score(data_source, task_packages)(data_source, solution_str, ground_truth, extra_info, **kwargs)

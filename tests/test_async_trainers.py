@@ -22,9 +22,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from test_trainer import FIXTURES, REPO, check_ran, run_main_ppo, trained_rows
+from test_trainer import FIXTURES, REPO, check_ran, train, trained_rows
 
-from verl_reflect import data, tiny
+from verl_reflect import data
+from verl_reflect.cpu import tiny
 
 GATED_ROWS = 6  # train_batch_size 4 + num_warmup_batches 0.5 x 4
 ASYNC_STEPS = 3
@@ -72,14 +73,14 @@ def async_overrides(mode: str) -> list[str]:
 
 def check_async_run(run: dict, steps: int = ASYNC_STEPS) -> None:
     check_ran(run, steps)  # exit 0, every step logged, no NaN in any metric
-    for step in run["steps"]:
+    for step in run.steps:
         assert "reflect/reflected" in step and "reflect/rows_with_gradient" in step
 
 
 @pytest.fixture(scope="module")
 def colocate_run(tmp_path_factory, tiny_model_dir):
     tmp_path = tmp_path_factory.mktemp("colocate_async")
-    return run_main_ppo(
+    return train(
         tmp_path,
         tiny_model_dir.parent,
         "toy_tasks.gated",
@@ -94,7 +95,7 @@ def colocate_run(tmp_path_factory, tiny_model_dir):
 @pytest.mark.trainer
 def test_colocate_async_skips_a_step_with_no_reflection_token_then_trains(colocate_run):
     check_async_run(colocate_run)
-    first, *later = colocate_run["steps"]
+    first, *later = colocate_run.steps
     assert first["reflect/reflected"] == 0.0 and first["reflect/skipped_update"] == 1.0
     assert "actor/pg_loss" not in first
     assert any(step["reflect/rows_with_gradient"] > 0 and "actor/pg_loss" in step for step in later)
@@ -136,7 +137,7 @@ def separate_async_overrides() -> list[str]:
         "trainer.v1.separate_async.parameter_sync_step=1",  # verl: train_batch_size == sync steps x mini-batch
         "actor_rollout_ref.rollout.nnodes=1",
         "actor_rollout_ref.rollout.n_gpus_per_node=1",
-        "actor_rollout_ref.rollout.checkpoint_engine.backend=gloo",  # verl_reflect/gloo_checkpoint.py
+        "actor_rollout_ref.rollout.checkpoint_engine.backend=gloo",  # verl_reflect/cpu/gloo_checkpoint.py
         f"trainer.nnodes={NODES}",
         "trainer.n_gpus_per_node=1",
         "ray_kwargs.ray_init.num_cpus=null",  # Ray refuses resources when joining a cluster
@@ -161,7 +162,7 @@ def two_node_run(tmp_path_factory, tiny_model_dir):
         "VERL_PLATFORM": "cpu",
         "VERL_REFLECT_CACHE": str(tiny_model_dir.parent),
         "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
-        "VERL_FILE_LOGGER_PATH": str(tmp_path / "metrics.jsonl"),  # the trainer's metrics, as run_main_ppo reads them
+        "VERL_FILE_LOGGER_PATH": str(tmp_path / "metrics.jsonl"),  # the trainer's metrics, where the harness reads them
     }
     saved = {key: os.environ.get(key) for key in (*node_env, "RAY_ADDRESS")}
     os.environ.update(node_env)
@@ -172,7 +173,7 @@ def two_node_run(tmp_path_factory, tiny_model_dir):
         nodes = [cluster.head_node, cluster.add_node(num_cpus=8, num_gpus=2)]
         cluster.wait_for_nodes()
         os.environ["RAY_ADDRESS"] = cluster.address
-        run = run_main_ppo(
+        run = train(
             tmp_path,
             tiny_model_dir.parent,
             "toy_tasks.gated",
@@ -180,9 +181,7 @@ def two_node_run(tmp_path_factory, tiny_model_dir):
             splits=write_gated_task(tmp_path),
             steps=ASYNC_STEPS,
         )
-        run["nodes"] = {node.node_id for node in nodes}
-        run["actors"] = placed_actors(cluster.address)
-        yield run
+        yield run, {node.node_id for node in nodes}, placed_actors(cluster.address)
     finally:
         cluster.shutdown()
         for key, value in saved.items():
@@ -213,21 +212,21 @@ def placed_actors(address: str) -> list[dict]:
 
 @pytest.mark.trainer
 def test_two_node_separate_async_trains_with_workers_on_both_nodes(two_node_run):
-    check_async_run(two_node_run)
-    first, *later = two_node_run["steps"]
+    run, nodes, actors = two_node_run
+    check_async_run(run)
+    first, *later = run.steps
     assert first["reflect/skipped_update"] == 1.0 and "actor/pg_loss" not in first
     assert any(step["reflect/rows_with_gradient"] > 0 and "actor/pg_loss" in step for step in later)
-    actors = two_node_run["actors"]
     # verl fuses each rank's actor/ref/rollout roles into one WorkerDict actor named ..._<rank>:0
     ranks = {
         int(a["name"].rsplit("_", 1)[1].split(":")[0]): a["node_id"] for a in actors if a["class_name"].endswith("WorkerDict")
     }
-    assert sorted(ranks) == [0, 1] and set(ranks.values()) == two_node_run["nodes"]  # one FSDP rank on each node
+    assert sorted(ranks) == [0, 1] and set(ranks.values()) == nodes  # one FSDP rank on each node
     servers = {a["name"]: a["node_id"] for a in actors if a["class_name"] == "HFServer"}
     (receiver,) = [a["node_id"] for a in actors if a["class_name"] == "CheckpointEngineWorker"]
     # Every hf server is pinned next to the worker that hands it weights: the trainer rank of its (hybrid) replica,
     # and the standalone replica's weight receiver (replica rank 2).
     assert servers == {"hf_server_0": ranks[0], "hf_server_1": ranks[1], "hf_server_2": receiver}
     # Weights reached the standalone replica: rows sampled after the first sync say version >= 1.
-    rows = [row for step in range(2, ASYNC_STEPS + 1) for row in trained_rows(two_node_run, step)]
+    rows = [row for step in range(2, ASYNC_STEPS + 1) for row in trained_rows(run, step)]
     assert max(row["last_weights_version"] for row in rows) >= 1

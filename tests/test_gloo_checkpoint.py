@@ -12,7 +12,7 @@ import ray
 import torch
 from verl.checkpoint_engine.base import CheckpointEngineRegistry
 
-from verl_reflect import gloo_checkpoint
+from verl_reflect.cpu import gloo_checkpoint
 
 
 def test_weights_cross_a_gloo_group_bit_for_bit(monkeypatch):

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient
 
-from verl_reflect.hf_rollout import HFServer
+from verl_reflect.cpu.hf_rollout import HFServer
 
 GREEDY = {"temperature": 0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": True, "max_tokens": 24}
 PROMPT = [1, 2, 3, 4, 5, 6, 7, 8]

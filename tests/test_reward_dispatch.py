@@ -94,13 +94,40 @@ def test_dotted_data_source_is_a_task_module_outside_the_package(monkeypatch, tm
         "    return float(solution_str == ground_truth)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert compute_score("lab_tasks.echo", "hi", "hi") == 1.0
-    assert compute_score("lab_tasks.echo", "hi", "ho") == 0.0
+    allowed = ["lab_tasks"]  # the recipe's reward.custom_reward_function.reward_kwargs.task_packages
+    assert compute_score("lab_tasks.echo", "hi", "hi", task_packages=allowed) == 1.0
+    assert compute_score("lab_tasks.echo", "hi", "ho", task_packages=allowed) == 0.0
     # A missing one names the file to add, relative to PYTHONPATH.
     with pytest.raises(ValueError, match=r"add lab_tasks/nope\.py with compute_score"):
-        get_compute_score("lab_tasks.nope")
+        get_compute_score("lab_tasks.nope", allowed)
     with pytest.raises(ValueError, match=r"add countdown/evil\.py with compute_score"):
-        get_compute_score("countdown.evil")
+        get_compute_score("countdown.evil", allowed)
+
+
+def test_a_dataset_cannot_import_outside_the_allowed_task_packages(monkeypatch, tmp_path):
+    """A shared dataset is untrusted input: its data_source must not pick what code runs."""
+    (tmp_path / "lab_allowed").mkdir()
+    (tmp_path / "lab_allowed" / "echo.py").write_text("def compute_score(*args, **kwargs):\n    return 1.0\n")
+    (tmp_path / "side_effect.py").write_text("import pathlib\npathlib.Path(__file__).with_name('ran').touch()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for data_source, allowed in [
+        ("lab_allowed.echo", []),  # a real task, but the recipe does not allow its package
+        ("side_effect.anything", ["lab_allowed"]),
+        ("idlelib.idle", ["lab_allowed"]),  # starts Python's IDLE GUI when imported
+        ("lab_allowedx.echo", ["lab_allowed"]),  # a prefix is not the package
+    ]:
+        with pytest.raises(ValueError, match=r"^no reward function for data_source .* under an allowed package"):
+            compute_score(data_source, "x", "y", task_packages=allowed)
+    assert not (tmp_path / "ran").exists()
+    assert "idlelib.idle" not in sys.modules and "side_effect" not in sys.modules and "lab_allowed" not in sys.modules
+
+
+def test_a_package_registered_through_the_entry_point_group_is_allowed(monkeypatch, tmp_path):
+    (tmp_path / "lab_registered").mkdir()
+    (tmp_path / "lab_registered" / "echo.py").write_text("def compute_score(*args, **kwargs):\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(reward_fns, "_registered_task_packages", lambda: frozenset({"lab_registered"}))
+    assert compute_score("lab_registered.echo", "x", "y") == 1.0
 
 
 def test_unknown_data_source_names_the_file_to_add():

@@ -3,7 +3,7 @@
 verl's ``separate_async`` trainer refuses the colocated ``naive`` engine (``trainer_separate_async.py:73``) and its
 other engines need GPUs (``nccl`` imports cupy, ``nixl``/``mooncake`` RDMA, ``hccl`` Ascend), so on a CPU it stops at
 "Checkpoint engine nccl not registered". This engine is registered in verl's ``CheckpointEngineRegistry`` and loaded
-in every process through ``actor_rollout_ref.rollout.checkpoint_engine.custom_backend_module=verl_reflect.gloo_checkpoint``
+in every process through ``actor_rollout_ref.rollout.checkpoint_engine.custom_backend_module=verl_reflect.cpu.gloo_checkpoint``
 with ``backend=gloo``.
 
 Per sync, actor rank 0 (the master) opens a ``TCPStore``; it and every rollout worker form a gloo group of their own

@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
 from tqdm.asyncio import tqdm as tqdm_asyncio
 
 from reward_fns import get_compute_score
-from verl_reflect import data, recipe, tiny
-from verl_reflect.backend import BACKENDS, check_model_dir, default_backend
-from verl_reflect.cli_support import UserError, positive_int
-from verl_reflect.recipe import LoopRecipe
+from verl_reflect import data
+from verl_reflect.commands import recipe
+from verl_reflect.commands.backends import BACKENDS, check_model_dir, default_backend
+from verl_reflect.commands.errors import UserError, positive_int
+from verl_reflect.commands.recipe import LoopRecipe
+from verl_reflect.cpu import tiny
 
 TINY_LABEL = "tiny-random"
-DEFAULT_TEST_ROWS = 16  # size of the in-memory Countdown split used when --data is not given
+DEFAULT_TEST_ROWS = 16  # rows of the recipe's task generated when --data is not given
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -46,9 +50,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
         help="verl: the recipe's rollout servers (vLLM), started standalone; hf: transformers in this process"
         " (default: verl on a GPU machine, else hf)",
     )
-    parser.add_argument("--data", type=Path, help=f"verl RL parquet (default: {DEFAULT_TEST_ROWS} Countdown problems)")
+    parser.add_argument("--data", type=Path, help=f"verl RL parquet (default: {DEFAULT_TEST_ROWS} rows of the recipe's task, verl_reflect.task)")
     parser.add_argument("--limit", type=positive_int, help="use only the first N rows")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated Countdown split")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated rows")
     parser.add_argument("--concurrency", type=positive_int, default=16, help="trajectories in flight (HF: batch size)")
     parser.add_argument("--temperature", type=float, help="0 = greedy (default: the recipe's)")
     parser.add_argument("--top-p", type=float)
@@ -86,10 +90,13 @@ def resolve_models(paths: list[str | None], loop_recipe: LoopRecipe) -> list[Mod
     return [ModelSpec(path, label) for path, label in zip(resolved, labels)]
 
 
-def load_rows(path: Path | None, *, limit: int | None, seed: int) -> list[dict]:
-    """Rows of ``path`` (or a generated Countdown test split), the first ``limit``; each task must have a verifier."""
+def load_rows(path: Path | None, config: Any, *, limit: int | None, seed: int) -> list[dict]:
+    """Rows of ``path`` (or a generated test split of the recipe's task, ``verl_reflect.task``), the first ``limit``;
+    each ``data_source`` must have a verifier under the recipe's reward dispatch."""
+    from verl_reflect.agent_loop import task_packages  # imports verl: not for --help or a bad flag
+
     if path is None:
-        rows = data.countdown_rows(DEFAULT_TEST_ROWS, seed=seed, split="test")
+        rows = data.task_rows(OmegaConf.select(config, "verl_reflect.task"), DEFAULT_TEST_ROWS, seed=seed)
     else:
         rows = data.read_rows(path)
     rows = rows[:limit]
@@ -97,10 +104,16 @@ def load_rows(path: Path | None, *, limit: int | None, seed: int) -> list[dict]:
         raise UserError(f"{path}: no rows")
     for source in sorted({row["data_source"] for row in rows}):
         try:
-            get_compute_score(source)
+            get_compute_score(source, task_packages(config))
         except ValueError as err:
             raise UserError(f"{path or 'data'}: {err}") from None
     return rows
+
+
+def note_default_recipe(args: argparse.Namespace) -> None:
+    """Say so when a model runs with the default recipe's loop settings (once the inputs checked out)."""
+    if args.recipe is None and args.model is not None:
+        print(f"note: no --recipe: {args.model} runs with {recipe.DEFAULT_RECIPE}'s loop settings", file=sys.stderr)
 
 
 def quiet_transformers() -> None:

@@ -1,7 +1,7 @@
 """verl's real trainer on a CPU: the ``cpu`` device platform.
 
 verl 0.9.1 trains on accelerators only: it knows no CPU platform, and its rollout backends need GPUs (the
-``hf`` rollout, ``verl_reflect/hf_rollout.py``, is the CPU's). The platform plugs in through verl's own registry
+``hf`` rollout, ``verl_reflect/cpu/hf_rollout.py``, is the CPU's). The platform plugs in through verl's own registry
 and is inert unless selected:
 
     VERL_PLATFORM=cpu                  the ``cpu`` platform (verl's own override variable; never auto-detected)

@@ -5,7 +5,7 @@ verl starts standalone servers the way its separate-async trainer starts its ext
 ``get_client()`` returns the ``LLMServerClient`` that verl's AgentLoopWorker hands every agent loop as its
 ``server_manager``. ``VerlServers`` is that client, so the reflect-retry loop generates through the same client,
 load balancer and server as in training: vLLM or SGLang with the recipe's rollout settings, or, on a CPU, the
-``hf`` rollout the CPU trainer serves with (``verl_reflect/hf_rollout.py``).
+``hf`` rollout the CPU trainer serves with (``verl_reflect/cpu/hf_rollout.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect.cli_support import UserError
+from verl_reflect.commands.errors import UserError
 
 
 def replica_gpus(rollout: DictConfig) -> int:

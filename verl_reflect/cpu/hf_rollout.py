@@ -36,7 +36,7 @@ class HFServer:
     """
 
     def __init__(self, model_path: str, max_batch_size: int, decode_step_delay_s: float = 0.0):
-        from verl_reflect.backend import HFBackend
+        from verl_reflect.cpu.generation import HFBackend
 
         self.backend = HFBackend(
             model_path, device="cpu", max_batch_size=max_batch_size, decode_step_delay_s=decode_step_delay_s

@@ -23,14 +23,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from verl_reflect import data, recipe
-from verl_reflect.backend import make_backend
-from verl_reflect.cli_support import ArgumentParser, UserError, run_command
-from verl_reflect.runner import (
+from verl_reflect import data
+from verl_reflect.commands import recipe
+from verl_reflect.commands.backends import make_backend
+from verl_reflect.commands.errors import ArgumentParser, UserError, run_command
+from verl_reflect.commands.runner import (
     Runner,
     add_run_args,
     as_completed_limited,
     load_rows,
+    note_default_recipe,
     quiet_transformers,
     resolve_models,
 )
@@ -161,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.suffix != ".parquet":  # verl's RLHFDataset picks the reader by file extension
         raise UserError(f"--out must end in .parquet, got {args.out}")
     check_filter_args(args.k, args.max_success_rate, args.keep_attempts)
-    rows = load_rows(args.data, limit=args.limit, seed=args.seed)
     # Training's sampling, not validation's: the failure set is what the trainer's rollouts would fail.
     loop_recipe = recipe.load_recipe(args, recipe.training_sampling)
+    rows = load_rows(args.data, loop_recipe.config, limit=args.limit, seed=args.seed)
+    note_default_recipe(args)
     (spec,) = resolve_models([args.model], loop_recipe)
     quiet_transformers()
     generation = make_backend(spec.path, args.backend, config=loop_recipe.config, max_batch_size=args.concurrency)

@@ -13,37 +13,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect.cli_support import UserError
-from verl_reflect.recipe_checks import Check, Recipe, failed, one_line, passed, skipped, verl_agent_loop_path
+from verl_reflect.commands.config_checks import Check, Recipe, failed, one_line, passed, skipped, verl_agent_loop_path
+from verl_reflect.commands.errors import UserError
 
 # -----------------------------------------------------------------------------
 # The data: the user's parquet, or generated rows of the recipe's task.
 
 
-def task_of(recipe: Recipe) -> str | None:
-    """The task the recipe trains, from its agent-loop file name (countdown*.yaml, function_calling*.yaml)."""
-    name = verl_agent_loop_path(recipe.cfg).name
-    for task in ("countdown", "function_calling"):
-        if name.startswith(task):
-            return task
-    return None
-
-
-def generated_rows(task: str | None, count: int) -> list[dict]:
-    """A few rows of the recipe's task, for a dry run without ``--data`` (plain rows: reflect_retry)."""
-    from verl_reflect import data
-
-    if task == "countdown":
-        return data.countdown_rows(count, seed=0, split="train")
-    if task == "function_calling":
-        return data.function_calling_rows(data.load_xlam(data.SAMPLE_XLAM), split="train")[:count]
-    raise UserError("cannot tell the recipe's task from its agent-loop file name: pass --data <train.parquet>")
-
-
 def read_data(recipe: Recipe, rows: int) -> None:
     """The user's parquet (all rows: every data_source and prompt is checked), or generated rows of the task."""
     if recipe.data_path is None:
-        recipe.rows = generated_rows(task_of(recipe), rows)
+        from verl_reflect import data
+
+        recipe.rows = data.task_rows(OmegaConf.select(recipe.cfg, "verl_reflect.task"), rows, split="train")
         return
     if not recipe.data_path.is_file():
         raise UserError(f"{recipe.data_path}: no such file (the training data: --data or data.train_files)")
@@ -61,7 +43,7 @@ def check_data_columns(recipe: Recipe) -> Check:
     """The columns and arrow types verl's RLHFDataset and the agent loop read."""
     name = "data columns"
     if recipe.data_path is None:
-        return passed(name, f"no --data: {len(recipe.rows)} generated {task_of(recipe)} rows (pass --data for yours)")
+        return passed(name, f"no --data: {len(recipe.rows)} generated {OmegaConf.select(recipe.cfg, 'verl_reflect.task')} rows (pass --data for yours)")
     try:
         schema = pq.read_schema(recipe.data_path)
     except (pa.ArrowException, OSError) as err:
@@ -112,10 +94,11 @@ def check_verifiers(recipe: Recipe) -> Check:
     if str(recipe.cfg.reward.custom_reward_function.path) != "pkg://reward_fns":
         return skipped(name, "skipped (the recipe's reward function is not verl-reflect's data_source dispatch)")
     import reward_fns
+    from verl_reflect.agent_loop import task_packages
 
     for source in sources:
         try:
-            reward_fns.get_compute_score(source)
+            reward_fns.get_compute_score(source, task_packages(recipe.cfg))
         except ValueError as err:
             message = one_line(err)
             detail, _, fix = message.partition(": add ")
