@@ -16,7 +16,7 @@ from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient
 from verl_reflect.cpu.hf_rollout import HFServer
 
 GREEDY = {"temperature": 0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": True, "max_tokens": 24}
-PROMPT = [1, 2, 3, 4, 5, 6, 7, 8]
+CANDIDATE_PROMPTS = [list(range(start, start + 8)) for start in range(1, 400, 7)]
 
 
 class _Handle:
@@ -54,6 +54,17 @@ def _server(tiny_model_dir, delay: float) -> HFServer:
     return server
 
 
+async def _full_length_reference(tiny_model_dir) -> tuple[list[int], object]:
+    """A prompt whose greedy turn runs to ``max_tokens`` (no EOS before it, so an abort lands mid-turn), and that
+    turn generated in one go."""
+    server = _server(tiny_model_dir, 0.0)
+    for prompt in CANDIDATE_PROMPTS:
+        reference = await server.generate(prompt, dict(GREEDY), "ref")
+        if len(reference.token_ids) == GREEDY["max_tokens"]:
+            return prompt, reference
+    raise AssertionError("every candidate prompt stops early on this model")
+
+
 async def _abort_midway(server: HFServer, task: asyncio.Task, after_tokens: int = 5) -> dict:
     while not server.backend._decoding:
         await asyncio.sleep(0.005)
@@ -65,25 +76,23 @@ async def _abort_midway(server: HFServer, task: asyncio.Task, after_tokens: int 
 
 def test_an_aborted_turn_resumes_token_exact_through_verls_partial_rollout_client(tiny_model_dir):
     async def main():
-        reference = await _server(tiny_model_dir, 0.0).generate(PROMPT, dict(GREEDY), "ref")
-        assert len(reference.token_ids) == GREEDY["max_tokens"]  # the random model does not stop early here
-
+        prompt, reference = await _full_length_reference(tiny_model_dir)
         server = _server(tiny_model_dir, 0.05)
         handle = _Handle(server)
-        task = asyncio.create_task(_Client(handle).generate("r", prompt_ids=PROMPT, sampling_params=dict(GREEDY)))
+        task = asyncio.create_task(_Client(handle).generate("r", prompt_ids=prompt, sampling_params=dict(GREEDY)))
         aborted = await _abort_midway(server, task)
         assert aborted["aborted_count"] == 1
         await asyncio.sleep(1.5)  # the client retries every second: parked behind the closed gate meanwhile
         assert not task.done() and len(handle.pieces) == 1
         await server.resume_generation()
         output = await task
-        return reference, handle.pieces, output
+        return prompt, reference, handle.pieces, output
 
-    reference, pieces, output = asyncio.run(main())
+    prompt, reference, pieces, output = asyncio.run(main())
     (first_prompt, first), (second_prompt, second) = pieces
     assert first.stop_reason == "aborted" and 0 < len(first.token_ids) < GREEDY["max_tokens"]
     assert second.stop_reason == "completed"
-    assert second_prompt == PROMPT + first.token_ids  # resumed from exactly the tokens it had
+    assert first_prompt == prompt and second_prompt == prompt + first.token_ids  # resumed from exactly the tokens it had
     assert output.token_ids == first.token_ids + second.token_ids == reference.token_ids
     assert torch.allclose(torch.tensor(output.log_probs), torch.tensor(reference.log_probs), atol=1e-5)
     assert output.extra_fields["min_global_steps"] == output.extra_fields["max_global_steps"] == 0
@@ -91,9 +100,10 @@ def test_an_aborted_turn_resumes_token_exact_through_verls_partial_rollout_clien
 
 def test_a_weight_load_between_abort_and_resume_labels_the_resumed_piece(tiny_model_dir):
     async def main():
+        prompt, _ = await _full_length_reference(tiny_model_dir)
         server = _server(tiny_model_dir, 0.05)
         handle = _Handle(server)
-        task = asyncio.create_task(_Client(handle).generate("r", prompt_ids=PROMPT, sampling_params=dict(GREEDY)))
+        task = asyncio.create_task(_Client(handle).generate("r", prompt_ids=prompt, sampling_params=dict(GREEDY)))
         await _abort_midway(server, task)
         state = {name: tensor + 0.5 for name, tensor in server.backend.model.state_dict().items()}
         await server.update_weights(state, global_steps=1)
@@ -107,15 +117,15 @@ def test_a_weight_load_between_abort_and_resume_labels_the_resumed_piece(tiny_mo
 
 def test_a_weight_load_waits_for_the_batch_being_decoded(tiny_model_dir):
     async def main():
-        reference = await _server(tiny_model_dir, 0.0).generate(PROMPT, dict(GREEDY), "ref")
+        prompt, reference = await _full_length_reference(tiny_model_dir)
         server = _server(tiny_model_dir, 0.02)
-        task = asyncio.create_task(server.generate(PROMPT, dict(GREEDY), "r"))
+        task = asyncio.create_task(server.generate(prompt, dict(GREEDY), "r"))
         while not server.backend._decoding:
             await asyncio.sleep(0.005)
         state = {name: tensor + 0.5 for name, tensor in server.backend.model.state_dict().items()}
         await server.update_weights(state, global_steps=1)
         assert task.done()  # the load returned only after the batch did
-        return reference, task.result(), await server.generate(PROMPT, dict(GREEDY), "after")
+        return reference, task.result(), await server.generate(prompt, dict(GREEDY), "after")
 
     reference, during, after = asyncio.run(main())
     # Every token of the call in flight came from the old weights, and says so.
@@ -125,11 +135,12 @@ def test_a_weight_load_waits_for_the_batch_being_decoded(tiny_model_dir):
 
 def test_a_rejecting_gate_turns_new_calls_away_aborted(tiny_model_dir):
     async def main():
+        prompt, _ = await _full_length_reference(tiny_model_dir)
         server = _server(tiny_model_dir, 0.0)
         assert await server.abort_all_requests(reject_request=True) == {"aborted_count": 0, "request_ids": []}
-        turned_away = await server.generate(PROMPT, dict(GREEDY), "r")
+        turned_away = await server.generate(prompt, dict(GREEDY), "r")
         await server.resume_generation()
-        return turned_away, await server.generate(PROMPT, dict(GREEDY), "r2")
+        return turned_away, await server.generate(prompt, dict(GREEDY), "r2")
 
     turned_away, served = asyncio.run(main())
     assert turned_away.stop_reason == "aborted" and turned_away.token_ids == []

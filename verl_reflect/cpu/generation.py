@@ -211,13 +211,12 @@ class HFBackend:
         with self._weights:
             if self._abort.is_set():  # aborted while waiting for a weight load
                 return [([], [], False, self.weights_version) for _ in prompts]
-            rows = self.decode(prompts, samplings, finished=True)
-            return [(*row, self.weights_version) for row in rows]
+            return [(*row, self.weights_version) for row in self.decode(prompts, samplings)]
 
     @torch.no_grad()
-    def decode(self, prompts: list[list[int]], samplings: list[Sampling], finished: bool = False) -> list[tuple]:
-        """Decode a batch of prompts that share a sampling key; returns ``(token_ids, log_probs)`` per row, and
-        with ``finished`` whether the row ended (EOS or its limit) rather than being aborted.
+    def decode(self, prompts: list[list[int]], samplings: list[Sampling]) -> list[tuple[list[int], list[float], bool]]:
+        """Decode a batch of prompts that share a sampling key; returns ``(token_ids, log_probs, finished)`` per row,
+        ``finished`` False where ``abort()`` stopped the row before its EOS or limit.
 
         Prompts are left-padded to a ``(B, T)`` tensor so every row's next token sits in the last column.
         ``log_probs`` are of the processed distribution the token was drawn from (after repetition
@@ -275,8 +274,9 @@ class HFBackend:
             step_ids = token[:, None]
             attn = torch.cat([attn, attn.new_ones(B, 1)], dim=1)  # finished rows decode padding nobody reads
             position = position[:, -1:] + 1
-        rows = [(out_tokens[i, : lengths[i]].tolist(), out_logp[i, : lengths[i]].tolist()) for i in range(B)]
-        return [(*row, bool(done[i])) for i, row in enumerate(rows)] if finished else rows
+        return [
+            (out_tokens[i, : lengths[i]].tolist(), out_logp[i, : lengths[i]].tolist(), bool(done[i])) for i in range(B)
+        ]
 
     @staticmethod
     def _sample(
