@@ -1,10 +1,11 @@
-"""verl's async trainers through ``python -m verl.trainer.main_ppo`` on CPU: ``reflect_colocate_async`` on one Ray node.
+"""verl's async trainers through ``python -m verl.trainer.main_ppo`` on CPU: ``reflect_colocate_async`` on one Ray node,
+``reflect_separate_async`` on a cluster of two Ray nodes.
 
-The run (3 steps) trains on ``toy_tasks.gated`` rows: the first six prompts (the first batch and the half batch of
+Each run (3 steps) trains on ``toy_tasks.gated`` rows: the first six prompts (the first batch and the half batch of
 warm-up verl prefetches) are always solved, so step 1 has no reflection token whatever order rollouts finish in; the
-rest replay a stored failed attempt and retry on a coin, so later steps reflect and train. The ``hf`` server sleeps 50 ms per decoding step (a slow
-accelerator), so generation is still running when the trainer aborts it at the end of each step's sampling: those
-turns are resumed by verl's ``FullyAsyncLLMServerClient`` after the weight sync.
+rest replay a stored failed attempt and retry on a coin, so later steps reflect and train. The ``hf`` server sleeps
+50 ms per decoding step (a slow accelerator), so generation is still running when the trainer aborts it at a weight
+sync: those turns are resumed by verl's ``FullyAsyncLLMServerClient`` after it.
 
 Token-exact resumption, against the trainer's own dump: step 1 trains nothing, so the weights after its sync equal the
 initial ones, and a row whose turn was aborted at step 1 and resumed on version 1 (``weights_version`` 0,
@@ -41,7 +42,13 @@ def write_gated_task(directory: Path, size: int = 24) -> tuple[Path, Path]:
         "token_ids": attempt,
         "text": tokenizer.decode(attempt, skip_special_tokens=True),
         "model": "tiny-random",
-        "sampling": {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "max_attempt_tokens": 32},
+        "sampling": {
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "top_k": -1,
+            "repetition_penalty": 1.0,
+            "max_attempt_tokens": 32,
+        },
     }
     assert len(stored["text"]) % 2 == 1  # a failure by parity
     rows = [
@@ -219,7 +226,9 @@ def test_two_node_separate_async_trains_with_workers_on_both_nodes(two_node_run)
     assert any(step["reflect/rows_with_gradient"] > 0 and "actor/pg_loss" in step for step in later)
     # verl fuses each rank's actor/ref/rollout roles into one WorkerDict actor named ..._<rank>:0
     ranks = {
-        int(a["name"].rsplit("_", 1)[1].split(":")[0]): a["node_id"] for a in actors if a["class_name"].endswith("WorkerDict")
+        int(a["name"].rsplit("_", 1)[1].split(":")[0]): a["node_id"]
+        for a in actors
+        if a["class_name"].endswith("WorkerDict")
     }
     assert sorted(ranks) == [0, 1] and set(ranks.values()) == nodes  # one FSDP rank on each node
     servers = {a["name"]: a["node_id"] for a in actors if a["class_name"] == "HFServer"}

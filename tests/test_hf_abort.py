@@ -92,7 +92,8 @@ def test_an_aborted_turn_resumes_token_exact_through_verls_partial_rollout_clien
     (first_prompt, first), (second_prompt, second) = pieces
     assert first.stop_reason == "aborted" and 0 < len(first.token_ids) < GREEDY["max_tokens"]
     assert second.stop_reason == "completed"
-    assert first_prompt == prompt and second_prompt == prompt + first.token_ids  # resumed from exactly the tokens it had
+    # Resumed from exactly the tokens it had.
+    assert first_prompt == prompt and second_prompt == prompt + first.token_ids
     assert output.token_ids == first.token_ids + second.token_ids == reference.token_ids
     assert torch.allclose(torch.tensor(output.log_probs), torch.tensor(reference.log_probs), atol=1e-5)
     assert output.extra_fields["min_global_steps"] == output.extra_fields["max_global_steps"] == 0

@@ -28,9 +28,8 @@ def _spread(monkeypatch, trained: list[bool], dp: int, mini_batch_prompts: int, 
         "kv_batch_get",
         lambda keys, partition_id, select_fields: {"response_mask": [masks[k] for k in keys]},
     )
-    config = OmegaConf.create(
-        {"actor_rollout_ref": {"actor": {"ppo_mini_batch_size": mini_batch_prompts, "shuffle": shuffle}, "rollout": {"n": n}}}
-    )
+    actor = {"ppo_mini_batch_size": mini_batch_prompts, "shuffle": shuffle}
+    config = OmegaConf.create({"actor_rollout_ref": {"actor": actor, "rollout": {"n": n}}})
     fake = SimpleNamespace(config=config, actor_rollout_wg=SimpleNamespace(_dispatch_info={"actor": list(range(dp))}))
     batch = _Batch(masks)
     before = list(batch.keys)

@@ -194,7 +194,9 @@ class ReflectRetryMixin:
                     # the trainer's log-probs of the response before the update, and the rollout's (if it sent
                     # them): equal up to numerics where the row was sampled from the weights the update started at
                     "old_log_probs": data["old_log_probs"][i].tolist(),
-                    "rollout_log_probs": data["rollout_log_probs"][i].tolist() if "rollout_log_probs" in fields else None,
+                    "rollout_log_probs": (
+                        data["rollout_log_probs"][i].tolist() if "rollout_log_probs" in fields else None
+                    ),
                     "turns": [
                         {key: turn[key] for key in ("kind", "start", "num_tokens", "correct")}
                         for turn in extra["turns"]
