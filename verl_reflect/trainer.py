@@ -7,7 +7,8 @@ abort, sleep, sync and resume the rollout) with ``ReflectRetryMixin`` in front, 
 - **A step with no reflection token trains nothing, without crashing.** When no row of the batch reflected
   (every row solved on the first try), verl's rollout correction raises (``rollout_corr_helper.py:838``) and
   the token-mean loss would divide by zero. This trainer skips both and skips the actor update: there is
-  nothing to learn and no forward/backward pass is spent.
+  nothing to learn and no forward/backward pass is spent. verl's means over the empty mask (advantages, entropy,
+  ...) are NaN there, and left out of that step's logs.
 - **Per-step reflect metrics** beside verl's own: ``reflect/first_try_correct``, ``reflect/final_correct``
   (accuracy before and after reflection over the step's rows; under failure replay the first try is the
   stored failure), ``reflect/reflected`` (share of rows that reflected), ``reflect/replayed_attempt``,
@@ -36,12 +37,6 @@ from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 TRAINER_MODE = "reflect_sync"
-# verl's mode -> its trainer; ``reflect_<mode>`` is registered for each.
-VERL_TRAINERS = {
-    "sync": PPOTrainerSync,
-    "colocate_async": PPOTrainerColocateAsync,
-    "separate_async": PPOTrainerSeparateAsync,
-}
 _STAT_KEYS = ("first_try_correct", "final_correct", "num_reflections", "reflection_tokens", "replayed_attempt")
 
 
@@ -153,10 +148,12 @@ class ReflectRetryMixin:
             }
         )
 
-        # A mean over no tokens (advantages, entropy and rollout-vs-trainer probabilities of a step that trains
-        # nothing) is undefined: left out of the logs, as verl leaves out the loss of an update it did not run.
-        for key in [key for key, value in metrics.items() if _is_nan(value)]:
-            del metrics[key]
+        if metrics.get("reflect/skipped_update"):
+            # A step with no trained token: verl's means over the mask (advantages, returns, entropy, rollout-vs-
+            # trainer probabilities) are means over nothing, undefined; left out of the logs, as verl leaves out the
+            # loss of the update it did not run. A NaN in a step that trains stays: it says something went wrong.
+            for key in [key for key, value in metrics.items() if _is_nan(value)]:
+                del metrics[key]
 
     def _log_rollout_data(self, batch, timing_raw, rollout_data_dir):
         super()._log_rollout_data(batch, timing_raw, rollout_data_dir)
