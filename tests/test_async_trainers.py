@@ -176,6 +176,7 @@ def two_node_run(tmp_path_factory, tiny_model_dir):
     # The dashboard serves Ray's state API, which tells where each actor ran (on a free port: the machine is shared).
     head = {"num_cpus": 8, "num_gpus": 2, "include_dashboard": True, "dashboard_port": free_port()}
     cluster = Cluster(initialize_head=True, head_node_args=head)
+    unadvertise(cluster.address)
     try:
         nodes = [cluster.head_node, cluster.add_node(num_cpus=8, num_gpus=2)]
         cluster.wait_for_nodes()
@@ -196,6 +197,17 @@ def two_node_run(tmp_path_factory, tiny_model_dir):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def unadvertise(address: str) -> None:
+    """``Cluster`` writes its address to ``/tmp/ray/ray_current_cluster``, where a plain ``ray.init()`` anywhere on this
+    machine looks first: every other main_ppo (this suite's, other users') would join this cluster. Take it back;
+    main_ppo reaches the cluster through ``RAY_ADDRESS``."""
+    from ray._private.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    if path.exists() and path.read_text().strip() == address:
+        path.unlink(missing_ok=True)
 
 
 def free_port() -> int:
