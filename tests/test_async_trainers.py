@@ -18,12 +18,11 @@ generated in one go.
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 
 import pytest
-from test_trainer import FIXTURES, REPO, check_ran, train, trained_rows
+from test_trainer import REPO, check_ran, train, trained_rows
 
 from verl_reflect import data
 from verl_reflect.cpu import tiny
@@ -85,11 +84,12 @@ def check_async_run(run: dict, steps: int = ASYNC_STEPS) -> None:
 
 
 @pytest.fixture(scope="module")
-def colocate_run(tmp_path_factory, tiny_model_dir):
+def colocate_run(tmp_path_factory, tiny_model_dir, ray_cluster):
     tmp_path = tmp_path_factory.mktemp("colocate_async")
     return train(
         tmp_path,
         tiny_model_dir.parent,
+        ray_cluster,
         "toy_tasks.gated",
         *async_overrides("colocate_async"),
         "actor_rollout_ref.actor.ppo_mini_batch_size=2",  # two mini-batches a step: each must have a trained token
@@ -147,8 +147,6 @@ def separate_async_overrides() -> list[str]:
         "actor_rollout_ref.rollout.checkpoint_engine.backend=gloo",  # verl_reflect/cpu/gloo_checkpoint.py
         f"trainer.nnodes={NODES}",
         "trainer.n_gpus_per_node=1",
-        "ray_kwargs.ray_init.num_cpus=null",  # Ray refuses resources when joining a cluster
-        "ray_kwargs.ray_init.num_gpus=null",
         # 16 rows a step over 2 ranks: 8 per rank, so micro-batches of 8
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8",
@@ -163,16 +161,6 @@ def two_node_run(tmp_path_factory, tiny_model_dir):
     from ray.cluster_utils import Cluster
 
     tmp_path = tmp_path_factory.mktemp("separate_async_2_nodes")
-    # Workers inherit the environment of the node that starts them, not main_ppo's: what `VERL_PLATFORM=cpu ray
-    # start ...` does on each node of a real CPU cluster (the fixtures' PYTHONPATH scores the toy task).
-    node_env = {
-        "VERL_PLATFORM": "cpu",
-        "VERL_REFLECT_CACHE": str(tiny_model_dir.parent),
-        "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
-        "VERL_FILE_LOGGER_PATH": str(tmp_path / "metrics.jsonl"),  # the trainer's metrics, where the harness reads them
-    }
-    saved = {key: os.environ.get(key) for key in (*node_env, "RAY_ADDRESS")}
-    os.environ.update(node_env)
     # The dashboard serves Ray's state API, which tells where each actor ran (on a free port: the machine is shared).
     head = {"num_cpus": 8, "num_gpus": 2, "include_dashboard": True, "dashboard_port": free_port()}
     cluster = Cluster(initialize_head=True, head_node_args=head)
@@ -180,10 +168,16 @@ def two_node_run(tmp_path_factory, tiny_model_dir):
     try:
         nodes = [cluster.head_node, cluster.add_node(num_cpus=8, num_gpus=2)]
         cluster.wait_for_nodes()
-        os.environ["RAY_ADDRESS"] = cluster.address
+        # Attached through RAY_ADDRESS, with no resources of its own (Ray refuses them when attaching); the harness
+        # hands the workers its environment (VERL_PLATFORM, PYTHONPATH, ...) as the job's runtime env.
+        attach = (
+            {"RAY_ADDRESS": cluster.address},
+            ["ray_kwargs.ray_init.num_cpus=null", "ray_kwargs.ray_init.num_gpus=null"],
+        )
         run = train(
             tmp_path,
             tiny_model_dir.parent,
+            attach,
             "toy_tasks.gated",
             *separate_async_overrides(),
             splits=write_gated_task(tmp_path),
@@ -192,11 +186,6 @@ def two_node_run(tmp_path_factory, tiny_model_dir):
         yield run, {node.node_id for node in nodes}, placed_actors(cluster.address)
     finally:
         cluster.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def unadvertise(address: str) -> None:

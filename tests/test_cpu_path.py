@@ -1,5 +1,5 @@
-"""The CPU training path's parts (``verl_reflect/cpu/platform.py``, ``verl_reflect/cpu/hf_rollout.py``): registered where verl
-looks, inert unless selected, and a rollout server that samples from the weights it is handed.
+"""The CPU training path's parts (``verl_reflect/cpu/platform.py``, ``verl_reflect/cpu/hf_rollout.py``): registered
+where verl looks, inert unless selected, and a rollout server that samples from the weights it is handed.
 tests/test_trainer.py runs them in main_ppo."""
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ def test_the_cpu_step_runs_failure_set_rows_as_plain_rows():
     # Stored attempts are token ids of the recipe's model: the tiny model cannot replay them.
     row = {**data.countdown_rows(1, seed=0, split="train")[0], "agent_name": data.FAILURES_AGENT_NAME}
     row[data.FAILED_ATTEMPTS] = [{"token_ids": [1, 2], "text": "x"}]
-    recipe = config_checks.Recipe(REPO, "r", [], cfg=None, rows=[row, row, row])
+    recipe = config_checks.DryRun(REPO, "r", [], cfg=None, rows=[row, row, row])
     (plain,) = trainer_step_check.step_rows(recipe, 1)
     assert plain["agent_name"] == data.AGENT_NAME and data.FAILED_ATTEMPTS not in plain
     assert plain["prompt"] == row["prompt"]
@@ -224,7 +224,7 @@ def test_the_cpu_step_takes_what_a_cpu_needs_from_the_platform_group(tmp_path):
     from verl_reflect.commands import recipe as recipe_mod
 
     cfg = recipe_mod.compose("countdown_qwen2.5-7b")
-    shipped = config_checks.Recipe(recipe_mod.RECIPES_DIR, "countdown_qwen2.5-7b", [], cfg=cfg)
+    shipped = config_checks.DryRun(recipe_mod.RECIPES_DIR, "countdown_qwen2.5-7b", [], cfg=cfg)
     assert trainer_step_check.platform_overrides(shipped) == ["+platform=cpu"]
     assert trainer_step_check.step_group(shipped.cfg) == 4  # n=8 capped at platform/cpu.yaml's n
     # The CPU recipe gets the same values from the same file, through its defaults list.
@@ -235,6 +235,6 @@ def test_the_cpu_step_takes_what_a_cpu_needs_from_the_platform_group(tmp_path):
     assert cpu.actor_rollout_ref.rollout.name == "hf" and cpu.trainer.device == "cpu"
     # A recipe from elsewhere finds the group on Hydra's search path.
     (tmp_path / "theirs.yaml").write_text((recipe_mod.RECIPES_DIR / "countdown_qwen2.5-7b.yaml").read_text())
-    elsewhere = config_checks.Recipe(tmp_path, "theirs", [], cfg=shipped.cfg)
+    elsewhere = config_checks.DryRun(tmp_path, "theirs", [], cfg=shipped.cfg)
     overrides = trainer_step_check.platform_overrides(elsewhere)
     assert overrides[1] == f"hydra.searchpath=[pkg://verl.trainer.config,file://{recipe_mod.RECIPES_DIR}]"

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from verl_reflect import data
-from verl_reflect.commands import cli, evaluate, recipe, report, runner, trajectories
+from verl_reflect.commands import cli, evaluate, loop, recipe, report, run_args, runner, trajectories
 from verl_reflect.commands.errors import UserError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -59,7 +59,7 @@ def test_eval_end_to_end_on_the_tiny_model(tmp_path, tiny_default, capsys):
     records = _records(tmp_path)
     assert sorted(r["index"] for r in records) == [0, 1, 2]
     for r in records:
-        assert r["model"] == runner.TINY_LABEL and r["data_source"] == "countdown"
+        assert r["model"] == run_args.TINY_LABEL and r["data_source"] == "countdown"
         assert r["turns"][0]["kind"] == "attempt" and isinstance(r["turns"][0]["text"], str)
         if r["first_try_correct"]:
             continue
@@ -330,7 +330,7 @@ def test_an_agent_loop_entry_without_its_prompts_is_one_line(tmp_path, tiny_defa
 
 def test_flags_override_the_recipes_lengths_and_sampling(tiny_default):
     argv = ["--recipe", "countdown_qwen2.5-1.5b", "actor_rollout_ref.rollout.val_kwargs.top_p=0.5"]
-    loop_recipe = recipe.load_recipe(evaluate.build_parser().parse_args(argv), recipe.validation_sampling)
+    loop_recipe = loop.load_recipe(evaluate.build_parser().parse_args(argv), loop.validation_sampling)
     rollout = loop_recipe.config.actor_rollout_ref.rollout
     assert (rollout.prompt_length, rollout.response_length) == (1024, 2048)
     assert loop_recipe.entry.max_attempt_tokens == 640  # recipes/agent_loops/countdown.yaml
@@ -342,13 +342,13 @@ def test_flags_override_the_recipes_lengths_and_sampling(tiny_default):
         "logprobs": True,  # rollout.calculate_log_probs: the trainer asks for them
     }
     argv += ["--response-length", "300", "--temperature", "0.7", "--top-k", "5", "--max-reflection-tokens", "9"]
-    loop_recipe = recipe.load_recipe(evaluate.build_parser().parse_args(argv), recipe.validation_sampling)
+    loop_recipe = loop.load_recipe(evaluate.build_parser().parse_args(argv), loop.validation_sampling)
     assert loop_recipe.name == "countdown_qwen2.5-1.5b"
     assert loop_recipe.config.actor_rollout_ref.rollout.response_length == 300
     assert loop_recipe.entry.max_reflection_tokens == 9
     assert (loop_recipe.sampling["temperature"], loop_recipe.sampling["top_k"]) == (0.7, 5)
     # build-failures samples as a training step does.
-    training = recipe.load_recipe(evaluate.build_parser().parse_args(argv[:2]), recipe.training_sampling)
+    training = loop.load_recipe(evaluate.build_parser().parse_args(argv[:2]), loop.training_sampling)
     assert training.sampling["temperature"] == 1.0
 
 
@@ -357,7 +357,7 @@ def test_flags_override_the_recipes_lengths_and_sampling(tiny_default):
     [
         (["--recipe", "no_such_recipe"], "no recipe 'no_such_recipe'"),
         (["--recipe", "countdown_tiny_cpu", "actor_rollout_ref.no_such_key=1"], "recipe countdown_tiny_cpu:"),
-        (["actor_rollout_ref.rollout.agent.agent_loop_config_path=/no/such.yaml"], "not found"),
+        (["actor_rollout_ref.rollout.agent.agent_loop_config_path=/no/such.yaml"], "/no/such.yaml does not exist"),
         (["actor_rollout_ref.rollout.agent.agent_loop_config_path={bad}"], "no agent loop named reflect_retry"),
         (["--backend", "vllm"], "invalid choice: 'vllm'"),
     ],
@@ -377,11 +377,11 @@ def test_recipe_errors_are_one_line(tmp_path, tiny_default, capsys, argv, messag
 )
 def test_without_data_the_rows_are_the_recipes_task(recipe_name, data_source):
     """eval and build-failures without --data run rows of the task the recipe trains (its verl_reflect.task)."""
-    rows = runner.load_rows(None, recipe.compose(recipe_name), limit=3, seed=0)
+    rows = run_args.load_rows(None, recipe.compose(recipe_name), limit=3, seed=0)
     assert len(rows) == 3 and {row["data_source"] for row in rows} == {data_source}
 
 
 def test_a_recipe_without_a_known_task_asks_for_data():
     cfg = recipe.compose("countdown_qwen2.5-1.5b", ["verl_reflect.task=sudoku"])
     with pytest.raises(UserError, match=r"verl_reflect.task is 'sudoku', not one of countdown, function_calling"):
-        runner.load_rows(None, cfg, limit=3, seed=0)
+        run_args.load_rows(None, cfg, limit=3, seed=0)

@@ -10,7 +10,7 @@ import pytest
 from verl.workers.rollout.replica import TokenOutput
 
 from verl_reflect import data
-from verl_reflect.commands import cli, evaluate, recipe, runner
+from verl_reflect.commands import cli, evaluate, loop, run_args, runner
 from verl_reflect.commands.build_failures import build_failures, keep_failures
 from verl_reflect.commands.errors import UserError
 
@@ -33,8 +33,8 @@ def _row(a: int, b: int, index: int) -> dict:
 
 def _runner(model_dir, backend, *flags: str) -> runner.Runner:
     """A runner of the default (tiny) recipe with ``flags`` applied, generating with ``backend``."""
-    loop_recipe = recipe.load_recipe(evaluate.build_parser().parse_args(list(flags)), recipe.training_sampling)
-    return runner.Runner(runner.ModelSpec(model_dir, "scripted"), backend, loop_recipe)
+    loop_recipe = loop.load_recipe(evaluate.build_parser().parse_args(list(flags)), loop.training_sampling)
+    return runner.Runner(run_args.ModelSpec(model_dir, "scripted"), backend, loop_recipe)
 
 
 @pytest.fixture(autouse=True)
@@ -195,7 +195,7 @@ def test_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir, monkeypatch, cap
     # Random weights never solve Countdown: every prompt is a failure.
     assert "first-try accuracy: 0.0% (0/6 attempts)" in printed and "kept 3 of 3 prompts" in printed
     written = data.read_rows(out)
-    source = data.countdown_rows(runner.DEFAULT_TEST_ROWS, seed=0, split="test")[:3]
+    source = data.countdown_rows(run_args.DEFAULT_TEST_ROWS, seed=0, split="test")[:3]
     assert [r["prompt"] for r in written] == [r["prompt"] for r in source]
     assert [(r["extra_info"]["index"], r["extra_info"]["source_index"]) for r in written] == [(0, 0), (1, 1), (2, 2)]
     # Each kept row stores the failed attempts' ids, which decode to the stored text, and the model that made them.
@@ -254,10 +254,10 @@ def test_a_built_failure_set_replays_through_verls_dataset(tmp_path, tiny_model_
 
     async def replay(kwargs):
         kwargs = {k: v for k, v in kwargs.items() if k != "agent_name"}
-        loop = ReflectRetryAgentLoop(
+        agent_loop = ReflectRetryAgentLoop(
             server_manager=backend, **verl_kwargs, attempt="replay", max_attempt_tokens=4, max_reflection_tokens=8
         )
-        return await loop.run({"temperature": 1.0, "logprobs": True}, **kwargs)
+        return await agent_loop.run({"temperature": 1.0, "logprobs": True}, **kwargs)
 
     for kwargs in legacy:
         out_row = asyncio.run(replay(kwargs))

@@ -24,7 +24,7 @@ from verl.workers.rollout.replica import TokenOutput
 from verl_reflect import data
 from verl_reflect.advantage import compute_reflect_grpo_advantage
 from verl_reflect.agent_loop import ReflectRetryAgentLoop
-from verl_reflect.commands import evaluate, recipe, runner
+from verl_reflect.commands import evaluate, loop, recipe, run_args, runner
 from verl_reflect.commands.main_ppo import main_ppo_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,23 +110,23 @@ def test_recipe_resolves_estimator_agent_loop_and_reward(name, monkeypatch):
             tools=ToolListWrap([]),
         )
 
-    loop = asyncio.run(build(entry))
-    assert isinstance(loop, ReflectRetryAgentLoop)
+    agent_loop = asyncio.run(build(entry))
+    assert isinstance(agent_loop, ReflectRetryAgentLoop)
     # verl's Qwen builder for qwen2; for the others, user turns come from the template (checked exact at start).
-    assert (loop.turn_boundary is None) == (model_type == "qwen2")
-    assert loop.attempt == "generate"  # validation rows measure first tries
-    assert loop.max_reflections == entry.max_reflections == 1
-    assert loop.reflection_prompt == entry.reflection_prompt
-    assert loop.response_length == cfg.data.max_response_length
+    assert (agent_loop.turn_boundary is None) == (model_type == "qwen2")
+    assert agent_loop.attempt == "generate"  # validation rows measure first tries
+    assert agent_loop.max_reflections == entry.max_reflections == 1
+    assert agent_loop.reflection_prompt == entry.reflection_prompt
+    assert agent_loop.response_length == cfg.data.max_response_length
     # Failure-set rows (build-failures' agent_name) replay their stored attempt, with every other setting shared.
     (failures_entry,) = [e for e in entries if e.name == data.FAILURES_AGENT_NAME]
     replaying = asyncio.run(build(failures_entry))
     assert replaying.attempt == "replay"
     settings = ("reflection_prompt", "retry_prompt", "max_reflections", "max_attempt_tokens", "max_reflection_tokens")
-    assert [getattr(replaying, name) for name in settings] == [getattr(loop, name) for name in settings]
+    assert [getattr(replaying, name) for name in settings] == [getattr(agent_loop, name) for name in settings]
     assert {e.name for e in entries} == {data.AGENT_NAME, data.FAILURES_AGENT_NAME}
     # Attempt, reflection and retry at their caps, plus the two user turns, fit the response budget.
-    assert 2 * entry.max_attempt_tokens + entry.max_reflection_tokens + 256 <= loop.response_length
+    assert 2 * entry.max_attempt_tokens + entry.max_reflection_tokens + 256 <= agent_loop.response_length
 
     # verl's reward-function loader finds the dispatching compute_score and it scores this task.
     reward_fn = get_custom_reward_fn(cfg)
@@ -142,9 +142,10 @@ def test_recipe_resolves_estimator_agent_loop_and_reward(name, monkeypatch):
 
 def test_a_launch_without_training_data_stops_and_says_what_to_set():
     # Regression: the recipes once said `train_files: ???`, which OmegaConf drops when merging over verl's own
-    # default, so a launch without data.train_files went on with verl's GSM8K paths.
+    # default, so a launch without data.train_files went on with verl's GSM8K paths. `--cfg job --resolve` makes
+    # verl's own entry point compose and resolve the config as a launch does, then stop before Ray starts.
     result = subprocess.run(
-        main_ppo_command(RECIPES[0], ["data.val_files=/data/test.parquet"]),
+        main_ppo_command(RECIPES[0], ["data.val_files=/data/test.parquet", "--cfg", "job", "--resolve"]),
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
     assert result.returncode != 0
@@ -186,9 +187,9 @@ def test_eval_and_build_failures_generate_with_the_recipe_agent_loop(tiny_model_
     # --recipe brings the recipe's reflect_retry entry, never attempt: replay (first tries are measured), even on a
     # failure-set row.
     args = evaluate.build_parser().parse_args(["--recipe", "countdown_qwen2.5-1.5b", "--model", str(tiny_model_dir)])
-    loop_recipe = recipe.load_recipe(args, recipe.validation_sampling)
+    loop_recipe = loop.load_recipe(args, loop.validation_sampling)
     assert loop_recipe.entry.max_attempt_tokens == 640
-    (spec,) = runner.resolve_models([args.model], loop_recipe)
+    (spec,) = run_args.resolve_models([args.model], loop_recipe)
     server = _AnswerServer(tiny_tokenizer, "<answer> (1 + 2) * 3 </answer>")
     model_runner = runner.Runner(spec, server, loop_recipe)
     stored = {"token_ids": [5, 6], "text": "never replayed", "model": "m", "sampling": {}}
@@ -243,8 +244,8 @@ def _trainer_loop(name: str, overrides: list[str]):
 def _eval_loop(argv: list[str]):
     """The loop ``verl-reflect eval <argv>`` runs, and its sampling params."""
     args = evaluate.build_parser().parse_args(argv)
-    loop_recipe = recipe.load_recipe(args, recipe.validation_sampling)
-    (spec,) = runner.resolve_models([args.model], loop_recipe)
+    loop_recipe = loop.load_recipe(args, loop.validation_sampling)
+    (spec,) = run_args.resolve_models([args.model], loop_recipe)
     model_runner = runner.Runner(spec, None, loop_recipe)
 
     async def build():

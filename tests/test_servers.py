@@ -93,11 +93,13 @@ def test_standalone_rollout_takes_this_machines_gpus():
 
 
 def test_a_rollout_that_is_not_available_is_one_line(tmp_path, tiny_default, capsys):
-    argv = ["eval", "--backend", "verl", "actor_rollout_ref.rollout.name=no_such_rollout", "--out-dir", str(tmp_path / "o")]
+    rollout = "actor_rollout_ref.rollout.name=no_such_rollout"
+    argv = ["eval", "--backend", "verl", rollout, "--out-dir", str(tmp_path / "o")]
     rc = cli.main(argv)
     assert rc == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("verl-reflect: error: rollout 'no_such_rollout' is not available here") and len(err.splitlines()) == 1
+    assert err.startswith("verl-reflect: error: rollout 'no_such_rollout' is not available here")
+    assert len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 

@@ -69,9 +69,17 @@ def build_failure_set(train: Path, out: Path, cache_dir: Path, *overrides: str) 
 
 
 def train(
-    tmp_path: Path, cache_dir: Path, data_source: str, *overrides: str, failure_set=False, splits=None, steps=STEPS
+    tmp_path: Path,
+    cache_dir: Path,
+    ray_cluster,
+    data_source: str,
+    *overrides: str,
+    failure_set=False,
+    splits=None,
+    steps=STEPS,
 ) -> MainPPORun:
-    """Train ``steps`` steps through the harness every command uses.
+    """Train ``steps`` steps through the harness every command uses (``ray_cluster``: the ``(env, overrides)`` that
+    attach it to a running Ray cluster).
 
     ``failure_set``: train on what ``verl-reflect build-failures`` keeps of the train split (replayed attempts).
     ``splits``: the train and test parquet (default: Countdown prompts scored by ``data_source``).
@@ -80,9 +88,11 @@ def train(
     overrides = (TOY_TASKS, *overrides)
     if failure_set:
         train_file = build_failure_set(train_file, tmp_path / "failures.parquet", cache_dir, *overrides)
+    ray_env, ray_overrides = ray_cluster
     return run_main_ppo(
         "countdown_tiny_cpu",
         [
+            *ray_overrides,
             f"data.train_files={train_file}",
             f"data.val_files={test}",
             f"trainer.total_training_steps={steps}",
@@ -94,6 +104,7 @@ def train(
         timeout=900,
         progress=False,
         env={
+            **ray_env,
             "VERL_REFLECT_CACHE": str(cache_dir),  # the tiny model this test session already built
             "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
         },
@@ -114,11 +125,12 @@ def trained_rows(run: dict, step: int) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def parity_run(tmp_path_factory, tiny_model_dir):
+def parity_run(tmp_path_factory, tiny_model_dir, ray_cluster):
     # A large learning rate moves the policy far in one step, so a rollout server left on stale weights shows.
     return train(
         tmp_path_factory.mktemp("parity"),
         tiny_model_dir.parent,
+        ray_cluster,
         "toy_tasks.parity",
         "actor_rollout_ref.actor.optim.lr=1e-2",
         failure_set=True,
@@ -126,8 +138,8 @@ def parity_run(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def first_try_run(tmp_path_factory, tiny_model_dir):
-    return train(tmp_path_factory.mktemp("first_try"), tiny_model_dir.parent, "toy_tasks.first_try")
+def first_try_run(tmp_path_factory, tiny_model_dir, ray_cluster):
+    return train(tmp_path_factory.mktemp("first_try"), tiny_model_dir.parent, ray_cluster, "toy_tasks.first_try")
 
 
 def test_main_ppo_trains_every_step_and_logs_reflect_metrics(parity_run):
@@ -184,9 +196,7 @@ def test_every_row_of_a_group_replays_the_groups_stored_failure(parity_run):
 
 def test_weights_change_and_the_rollout_server_samples_from_them(parity_run, tiny_model_dir):
     check_ran(parity_run)
-    trained = load_file(
-        parity_run.checkpoint(STEPS) / "model.safetensors"
-    )
+    trained = load_file(parity_run.checkpoint(STEPS) / "model.safetensors")
     initial = load_file(tiny_model_dir / "model.safetensors")
     assert trained.keys() == initial.keys()
     assert max((trained[name] - initial[name]).abs().max().item() for name in initial) > 1e-3
@@ -272,11 +282,12 @@ def write_reverse_task(directory: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def reverse_run(tmp_path_factory, tiny_model_dir):
+def reverse_run(tmp_path_factory, tiny_model_dir, ray_cluster):
     tmp_path = tmp_path_factory.mktemp("reverse")
     return train(
         tmp_path,
         tiny_model_dir.parent,
+        ray_cluster,
         "toy_tasks.reverse",
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={REVERSE_LOOP}",
         failure_set=True,

@@ -24,27 +24,24 @@ from pathlib import Path
 from typing import Any
 
 from verl_reflect import data
-from verl_reflect.commands import recipe
+from verl_reflect.commands import loop
 from verl_reflect.commands.backends import make_backend
-from verl_reflect.commands.errors import ArgumentParser, UserError, run_command
-from verl_reflect.commands.runner import (
-    Runner,
+from verl_reflect.commands.errors import ArgumentParser, UserError, check_positive, run_command
+from verl_reflect.commands.run_args import (
     add_run_args,
-    as_completed_limited,
     load_rows,
     note_default_recipe,
     quiet_transformers,
     resolve_models,
 )
+from verl_reflect.commands.runner import Runner, as_completed_limited
 
 
 def check_filter_args(k: int, max_success_rate: float, keep_attempts: int = 1) -> None:
-    if k < 1:
-        raise UserError(f"--k must be a positive integer, got {k}")
+    check_positive("--k", k)
     if not 0.0 <= max_success_rate <= 1.0:
         raise UserError(f"--max-success-rate must be in [0, 1], got {max_success_rate}")
-    if keep_attempts < 1:
-        raise UserError(f"--keep-attempts must be a positive integer, got {keep_attempts}")
+    check_positive("--keep-attempts", keep_attempts)
 
 
 def sample_attempts(
@@ -164,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--out must end in .parquet, got {args.out}")
     check_filter_args(args.k, args.max_success_rate, args.keep_attempts)
     # Training's sampling, not validation's: the failure set is what the trainer's rollouts would fail.
-    loop_recipe = recipe.load_recipe(args, recipe.training_sampling)
+    loop_recipe = loop.load_recipe(args, loop.training_sampling)
     rows = load_rows(args.data, loop_recipe.config, limit=args.limit, seed=args.seed)
     note_default_recipe(args)
     (spec,) = resolve_models([args.model], loop_recipe)

@@ -1,6 +1,6 @@
 """The dry run's static checks of a recipe's config, and the records every check shares.
 
-``Recipe`` is the composed recipe with what the checks read (its data rows, tokenizer, agent-loop entries); each
+``DryRun`` is the composed recipe with what the checks read (its data rows, tokenizer, agent-loop entries); each
 check takes it and returns a ``Check``, one report line, and never raises. The checks here read the config
 alone: verl's own validation, batch arithmetic, the estimator, the agent-loop file, the response budget and the
 reward function. The checks of the data are in ``data_checks``, the CPU trainer step in ``cpu_step``.
@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import importlib
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect.commands.recipe import RECIPES_DIR
+from verl_reflect.commands.errors import UserError, one_line
+from verl_reflect.commands.recipe import AGENT_LOOP_KEY, RECIPES_DIR, agent_loop_entries
 
 USER_TURN_OVERHEAD = 16  # chat-template tokens around an appended user turn and the next assistant header
 PASS, FAIL, SKIP = "✓", "✗", "-"
@@ -40,8 +39,9 @@ class Check:
 
 
 @dataclass
-class Recipe:
-    """The composed recipe and everything the checks share."""
+class DryRun:
+    """A dry run in progress: the composed recipe and everything its checks share (data rows, tokenizer, agent-loop
+    entries)."""
 
     config_dir: Path
     config_name: str
@@ -65,12 +65,6 @@ def skipped(name: str, detail: str) -> Check:
     return Check(name, SKIP, detail)
 
 
-def one_line(err: BaseException) -> str:
-    """An exception as one line: its first non-empty line, without the exception class for known messages."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
 @contextlib.contextmanager
 def quiet():
     """Silence prints of verl's loaders (they announce every function they load)."""
@@ -78,17 +72,11 @@ def quiet():
         yield
 
 
-def verl_agent_loop_path(cfg: DictConfig) -> Path:
-    """The agent-loop YAML, relative paths taken from the launch directory like verl does. Not
-    ``recipe.agent_loop_config_path``, which also looks in the repository: the dry run fails where main_ppo would."""
-    return Path(str(OmegaConf.select(cfg, "actor_rollout_ref.rollout.agent.agent_loop_config_path"))).absolute()
-
-
 # -----------------------------------------------------------------------------
 # The checks, one function each.
 
 
-def check_verl_validation(recipe: Recipe) -> Check:
+def check_verl_validation(recipe: DryRun) -> Check:
     """main_ppo's own ``validate_config``, and the dataclasses verl builds from the recipe's sections at start."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import omega_conf_to_dataclass, validate_config
@@ -137,7 +125,7 @@ def batch_plan(cfg: DictConfig) -> BatchPlan:
     )
 
 
-def check_batch_arithmetic(recipe: Recipe) -> Check:
+def check_batch_arithmetic(recipe: DryRun) -> Check:
     """Rows per step over the world size, mini-batches over the step, micro-batches over a GPU's mini-batch."""
     name = "batch arithmetic"
     try:
@@ -182,7 +170,7 @@ def check_batch_arithmetic(recipe: Recipe) -> Check:
     )
 
 
-def check_estimator(recipe: Recipe) -> Check:
+def check_estimator(recipe: DryRun) -> Check:
     from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, get_adv_estimator_fn
 
     name = "estimator"
@@ -197,35 +185,25 @@ def check_estimator(recipe: Recipe) -> Check:
     return passed(name, f"{estimator} is registered")
 
 
-def check_agent_loop_config(recipe: Recipe) -> Check:
+def check_agent_loop_config(recipe: DryRun) -> Check:
     """The agent-loop YAML exists, lists {name, _target_} entries whose classes import, and holds the default loop."""
+    from hydra.utils import get_class
+
     name = "agent-loop config"
-    path = verl_agent_loop_path(recipe.cfg)
-    setting = "actor_rollout_ref.rollout.agent.agent_loop_config_path"
-    if not path.is_file():
-        shipped = sorted(str(p.relative_to(RECIPES_DIR.parent)) for p in (RECIPES_DIR / "agent_loops").glob("*.yaml"))
-        return failed(
-            name,
-            f"{path} does not exist (relative paths are taken from the launch directory, {Path.cwd()})",
-            f"{setting}=<an existing file>, e.g. one of {', '.join(shipped)}",
-        )
     try:
-        entries = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        return failed(name, f"{path} is not valid YAML ({one_line(err)})", "fix the YAML syntax")
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
-        return failed(name, f"{path} is not a list of {{name, _target_, ...}} entries", "see recipes/agent_loops/")
+        path, entries = agent_loop_entries(recipe.cfg)
+    except UserError as err:
+        shipped = sorted(str(p.relative_to(RECIPES_DIR.parent)) for p in (RECIPES_DIR / "agent_loops").glob("*.yaml"))
+        return failed(name, str(err), f"{AGENT_LOOP_KEY}=<an existing file>, e.g. one of {', '.join(shipped)}")
     for entry in entries:
-        target = str(entry.get("_target_", ""))
-        module, _, cls = target.rpartition(".")
         try:
-            getattr(importlib.import_module(module), cls)
+            get_class(str(entry.get("_target_")))
         except Exception:
-            return failed(
-                name, f"entry {entry['name']!r}: _target_ {target!r} does not import", "a module.Class on PYTHONPATH"
-            )
-    recipe.agent_loops = entries
-    names = [str(e["name"]) for e in entries]
+            target = entry.get("_target_")
+            detail = f"entry {entry.name!r}: _target_ {target!r} does not import"
+            return failed(name, detail, "a module.Class on PYTHONPATH")
+    recipe.agent_loops = [OmegaConf.to_container(entry) for entry in entries]
+    names = [str(entry.name) for entry in entries]
     default = str(recipe.cfg.actor_rollout_ref.rollout.agent.default_agent_loop)
     if default not in names:
         return failed(
@@ -242,7 +220,7 @@ def user_turn_tokens(text: str, tokenizer) -> int:
     return count + USER_TURN_OVERHEAD
 
 
-def check_response_budget(recipe: Recipe) -> Check:
+def check_response_budget(recipe: DryRun) -> Check:
     """A full attempt, each reflection round's user turns, reflection and retry must fit max_response_length."""
     name = "response budget"
     if not recipe.agent_loops:
@@ -269,12 +247,12 @@ def check_response_budget(recipe: Recipe) -> Check:
             f"{entry_name}: attempt {attempt} + {rounds} x (user turns {user_turns} + reflection {reflection} + retry "
             f"{attempt}) = {needed} {counted} > data.max_response_length {budget}",
             f"data.max_response_length={needed} or lower max_attempt_tokens/max_reflection_tokens in "
-            f"{verl_agent_loop_path(recipe.cfg).name}",
+            f"the agent-loop YAML",
         )
     return passed(name, f"attempt, reflection and retry need {longest} of {budget} {counted}")
 
 
-def check_reward_function(recipe: Recipe) -> Check:
+def check_reward_function(recipe: DryRun) -> Check:
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
     name = "reward function"

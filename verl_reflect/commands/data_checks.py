@@ -13,14 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect.commands.config_checks import Check, Recipe, failed, one_line, passed, skipped, verl_agent_loop_path
-from verl_reflect.commands.errors import UserError
+from verl_reflect.commands.config_checks import Check, DryRun, failed, passed, skipped
+from verl_reflect.commands.errors import UserError, one_line
 
 # -----------------------------------------------------------------------------
 # The data: the user's parquet, or generated rows of the recipe's task.
 
 
-def read_data(recipe: Recipe, rows: int) -> None:
+def read_data(recipe: DryRun, rows: int) -> None:
     """The user's parquet (all rows: every data_source and prompt is checked), or generated rows of the task."""
     if recipe.data_path is None:
         from verl_reflect import data
@@ -39,11 +39,12 @@ def read_data(recipe: Recipe, rows: int) -> None:
 # The checks, one function each.
 
 
-def check_data_columns(recipe: Recipe) -> Check:
+def check_data_columns(recipe: DryRun) -> Check:
     """The columns and arrow types verl's RLHFDataset and the agent loop read."""
     name = "data columns"
     if recipe.data_path is None:
-        return passed(name, f"no --data: {len(recipe.rows)} generated {OmegaConf.select(recipe.cfg, 'verl_reflect.task')} rows (pass --data for yours)")
+        task = OmegaConf.select(recipe.cfg, "verl_reflect.task")
+        return passed(name, f"no --data: {len(recipe.rows)} generated {task} rows (pass --data for yours)")
     try:
         schema = pq.read_schema(recipe.data_path)
     except (pa.ArrowException, OSError) as err:
@@ -85,7 +86,7 @@ def column_problems(schema: pa.Schema) -> list[tuple[str, str, str]]:
     return problems
 
 
-def check_verifiers(recipe: Recipe) -> Check:
+def check_verifiers(recipe: DryRun) -> Check:
     """Every data_source in the data has a verifier under the recipe's reward dispatch (reward_fns)."""
     name = "verifiers"
     sources = sorted({str(row.get("data_source")) for row in recipe.rows})
@@ -106,7 +107,7 @@ def check_verifiers(recipe: Recipe) -> Check:
     return passed(name, f"{', '.join(sources)}: each has a compute_score")
 
 
-def check_agent_names(recipe: Recipe) -> Check:
+def check_agent_names(recipe: DryRun) -> Check:
     """Every row's agent_name is an entry of the agent-loop config (verl looks rows up by it)."""
     name = "agent names"
     used = sorted({str(row["agent_name"]) for row in recipe.rows if row.get("agent_name")})
@@ -117,14 +118,14 @@ def check_agent_names(recipe: Recipe) -> Check:
     if missing:
         return failed(
             name,
-            f"rows name agent loop(s) {', '.join(missing)} that {verl_agent_loop_path(recipe.cfg).name} lacks",
+            f"rows name agent loop(s) {', '.join(missing)} that the agent-loop YAML lacks",
             f"add an entry named {missing[0]!r} to the agent-loop YAML",
         )
     default = recipe.cfg.actor_rollout_ref.rollout.agent.default_agent_loop
     return passed(name, f"{', '.join(used) or f'none set: every row runs {default}'}")
 
 
-def load_tokenizer(recipe: Recipe) -> str:
+def load_tokenizer(recipe: DryRun) -> str:
     """The recipe's tokenizer if it is on this machine (never downloaded); returns why not when it is not."""
     from transformers import AutoTokenizer
 
@@ -143,7 +144,7 @@ def load_tokenizer(recipe: Recipe) -> str:
             os.environ["HF_HUB_OFFLINE"] = saved
 
 
-def check_prompt_lengths(recipe: Recipe, why_no_tokenizer: str) -> Check:
+def check_prompt_lengths(recipe: DryRun, why_no_tokenizer: str) -> Check:
     """Each prompt, rendered by the chat template as verl renders it, against data.max_prompt_length."""
     name = "prompt lengths"
     if recipe.tokenizer is None:

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from verl_reflect import data
-from verl_reflect.commands import build_failures, evaluate, recipe, report, runner, trajectories
+from verl_reflect.commands import build_failures, evaluate, recipe, report, run_args, trajectories
 from verl_reflect.commands.errors import ArgumentParser, UserError
 from verl_reflect.commands.main_ppo import run_main_ppo
 from verl_reflect.commands.recipe import RECIPES_DIR
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             f"the demo trains with this repository's recipes ({RECIPES_DIR}): install it with pip install -e ."
         )
     out_dir = args.out_dir.resolve()
-    runner.quiet_transformers()
+    run_args.quiet_transformers()
 
     print("verl-reflect demo: a random tiny Qwen2 (built offline) on Countdown, through the whole pipeline.\n")
     print(f"1. data: 16 train + 16 test problems in {out_dir / 'data'}")

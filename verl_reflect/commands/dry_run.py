@@ -28,9 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from verl_reflect import resolvers
 from verl_reflect.commands import config_checks, data_checks, trainer_step_check
-from verl_reflect.commands.config_checks import FAIL, Check, Recipe, failed, one_line, skipped
-from verl_reflect.commands.errors import ArgumentParser, UserError, positive_int
-from verl_reflect.commands.recipe import RECIPES_DIR, compose_unresolved, override_key, recipe_names
+from verl_reflect.commands.config_checks import FAIL, Check, DryRun, failed, skipped
+from verl_reflect.commands.errors import ArgumentParser, UserError, one_line, positive_int
+from verl_reflect.commands.recipe import RECIPES_DIR, compose_unresolved, override_key, parse_override, recipe_names
 
 
 def compose_recipe(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig:
@@ -74,7 +74,7 @@ def guarded(check, *args) -> Check:
         return failed(name, f"the check itself failed: {type(err).__name__}: {one_line(err)}", "report this to us")
 
 
-def static_checks(recipe: Recipe) -> list[Check]:
+def static_checks(recipe: DryRun) -> list[Check]:
     why_no_tokenizer = data_checks.load_tokenizer(recipe)
     checks = [
         guarded(check, recipe)
@@ -130,13 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         args.data = args.data.resolve()
         overrides = [o for o in overrides if override_key(o) != "data.train_files"] + [f"data.train_files={args.data}"]
     cfg = compose_recipe(config_dir, args.config_name, overrides)
-    given = [o.split("=", 1)[1] for o in overrides if override_key(o) == "data.train_files"]
+    given = [str(parse_override(o).value()) for o in overrides if override_key(o) == "data.train_files"]
     if args.data is None and given:  # data.train_files on the command line instead of --data: check that file
         args.data = Path(given[-1]).absolute()
     for key in ("data.train_files", "data.val_files"):  # a recipe that leaves them to the command still validates
         if OmegaConf.is_missing(cfg, key) or resolvers.is_required(cfg, key):
             OmegaConf.update(cfg, key, str(args.data or "dry-run-generated.parquet"))
-    recipe = Recipe(config_dir, args.config_name, overrides, cfg, data_path=args.data)
+    recipe = DryRun(config_dir, args.config_name, overrides, cfg, data_path=args.data)
     try:
         OmegaConf.resolve(recipe.cfg)
     except Exception as err:

@@ -18,11 +18,19 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help)")
 
 
+def check_positive(name: str, value: object) -> None:
+    """Sizes and counts: a positive ``int`` (not a bool), else a UserError naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"{name} must be a positive integer, got {value!r}")
+
+
 def positive_int(text: str) -> int:
-    """argparse ``type=`` for sizes and counts."""
-    value = int(text) if text.strip().isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    """argparse ``type=`` for sizes and counts (``check_positive`` on the parsed text)."""
+    try:
+        value = int(text) if text.strip().isdigit() else text
+        check_positive("value", value)
+    except UserError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     return value
 
 
@@ -36,3 +44,9 @@ def run_command(main: Callable[[list[str] | None], int | None], argv: list[str] 
     except KeyboardInterrupt:
         print("verl-reflect: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its first non-empty line, else the exception's class name."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__

@@ -26,19 +26,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from verl_reflect.commands import recipe
+from verl_reflect.commands import loop
 from verl_reflect.commands.backends import make_backend
 from verl_reflect.commands.errors import ArgumentParser, UserError, run_command
 from verl_reflect.commands.report import PNG_NAME, report
-from verl_reflect.commands.runner import (
-    Runner,
+from verl_reflect.commands.run_args import (
     add_run_args,
-    as_completed_limited,
     load_rows,
     note_default_recipe,
     quiet_transformers,
     resolve_models,
 )
+from verl_reflect.commands.runner import Runner, as_completed_limited
 from verl_reflect.commands.trajectories import JSONL_NAME, open_for_append, prompt_key, read_jsonl
 
 
@@ -84,7 +83,7 @@ def evaluate(
 
 def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """The whole command, given parsed arguments (``demo`` calls it too)."""
-    loop_recipe = recipe.load_recipe(args, recipe.validation_sampling)
+    loop_recipe = loop.load_recipe(args, loop.validation_sampling)
     rows = load_rows(args.data, loop_recipe.config, limit=args.limit, seed=args.seed)
     note_default_recipe(args)
     specs = resolve_models([args.model] + ([args.compare_model] if args.compare_model else []), loop_recipe)

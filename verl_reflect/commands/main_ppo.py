@@ -22,12 +22,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from verl_reflect.commands.recipe import RECIPES_DIR, override_key
+from verl_reflect.commands.recipe import RECIPES_DIR, hydra_quote, override_key
 
 # What main_ppo prints as it starts, in order, and what the run waits for after each (the last match wins).
 _PHASES = (
     (None, "starting Ray"),
-    (re.compile(r"Started a local Ray instance|Connected to Ray cluster|Connecting to existing Ray cluster"), "starting trainer workers"),
+    (re.compile(r"Started a local Ray instance|Connecting to existing Ray cluster"), "starting trainer workers"),
     (re.compile(r"AgentLoopWorker|agent loop workers|rollout server", re.I), "starting rollout servers"),
     (re.compile(r"Training Progress|training/global_step|step:\d"), "training"),
 )
@@ -109,8 +109,9 @@ def run_main_ppo(
     """Run ``main_ppo`` on ``config_name`` with ``overrides`` until it exits, or until ``timeout`` seconds pass (then it
     is stopped with its whole process group, and ``timed_out`` is set); checkpoints go to ``out_dir/checkpoints``.
 
-    ``env`` is added to this process's environment. ``total_steps`` sizes the progress bar (the recipe's
-    ``trainer.total_training_steps`` if an override sets it).
+    ``env`` is added to this process's environment; with ``RAY_ADDRESS`` in it (or in ours), the run attaches to
+    that Ray cluster and ``env`` reaches the workers as the job's runtime env. ``total_steps`` sizes the progress
+    bar (the recipe's ``trainer.total_training_steps`` if an override sets it).
     """
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,8 +124,17 @@ def run_main_ppo(
     for override in overrides:
         if override.startswith("trainer.total_training_steps="):
             total_steps = int(override.split("=", 1)[1])
+    ours = {"VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(metrics_path), **(env or {})}
+    full_env = {**os.environ, **ours}
+    if full_env.get("RAY_ADDRESS"):
+        # Attached to a running cluster, the workers inherit its environment, not ours: what this run sets goes to
+        # them as the job's runtime env (verl merges ray_init.runtime_env into its own).
+        overrides += [
+            f"++ray_kwargs.ray_init.runtime_env.env_vars.{key}={hydra_quote(value)}"
+            for key, value in ours.items()
+            if key != "RAY_ADDRESS"
+        ]
     command = main_ppo_command(config_name, overrides, config_dir)
-    full_env = {**os.environ, "VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(metrics_path), **(env or {})}
     start = time.monotonic()
     bar = tqdm(total=total_steps, desc="main_ppo: starting Ray", unit="step", dynamic_ncols=True, disable=not progress)
     with open(log_path, "w") as log, bar:

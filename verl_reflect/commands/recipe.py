@@ -1,29 +1,21 @@
-"""A recipe's loop, built as verl's trainer builds it: the one source of ``eval``'s and ``build-failures``' settings.
+"""A recipe, read as ``main_ppo`` reads it: found by name, composed with Hydra, overrides parsed as Hydra parses them,
+and its agent-loop YAML found as verl's AgentLoopWorker finds it.
 
 ``compose`` reads a recipe as ``python -m verl.trainer.main_ppo --config-path recipes --config-name <recipe>``
 does (Hydra's compose API, the user's overrides after it, then resolved as main_ppo resolves it);
 ``compose_unresolved``, the Hydra call itself, is shared with ``dry-run``, which keeps the user's data files.
-``build_loop`` instantiates the recipe's ``reflect_retry`` agent-loop entry with the very call verl's
-``AgentLoopWorker._run_agent_loop`` makes. ``reflect_retry``, never ``reflect_retry_failures``: eval and
-build-failures measure first tries, so they generate them.
+``loop.py`` builds the loop of a composed recipe.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from verl_reflect import data, resolvers
-from verl_reflect.commands.backends import check_model_dir
-from verl_reflect.commands.errors import UserError
+from verl_reflect.commands.errors import UserError, one_line
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 # The embedded tiny model and its small CPU budget: what runs when no --recipe and no --model are given.
@@ -80,131 +72,61 @@ def hydra_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def parse_override(override: str):
+    """A command-line override as Hydra parses it (``key_or_group``, ``value()``); a UserError if it is not one."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        return OverridesParser.create().parse_override(override)
+    except OverrideParseException as err:
+        raise UserError(f"not a Hydra override: {override!r} ({one_line(err)})") from None
+
+
 def override_key(override: str) -> str:
     """The key a Hydra override sets: ``data.train_files`` of ``++data.train_files=x.parquet``."""
-    return override.lstrip("+~").split("=", 1)[0]
+    return parse_override(override).key_or_group
 
 
-def agent_loop_config_path(cfg: DictConfig, recipe: str) -> Path:
-    """The recipe's agent-loop YAML. Relative paths resolve as verl resolves them (the launch directory), then
-    against the folder above the recipes (the recipes name them ``recipes/agent_loops/<task>.yaml``), so the
-    commands work from any directory."""
-    name = cfg.actor_rollout_ref.rollout.agent.get("agent_loop_config_path")
+AGENT_LOOP_KEY = "actor_rollout_ref.rollout.agent.agent_loop_config_path"
+
+
+def agent_loop_file(cfg: DictConfig) -> Path:
+    """The recipe's agent-loop YAML, found exactly as verl's AgentLoopWorker finds it (``resolve_config_path``: an
+    absolute path, else the launch directory, else verl's project root), so a command fails where main_ppo would."""
+    from verl.utils.import_utils import resolve_config_path
+
+    name = OmegaConf.select(cfg, AGENT_LOOP_KEY)
     if not name:
-        raise UserError(f"recipe {recipe}: no actor_rollout_ref.rollout.agent.agent_loop_config_path")
-    for path in (Path(name), Path(os.getcwd()) / name, recipe_file(recipe).parents[1] / name):
-        if path.is_file():
-            return path.resolve()
-    raise UserError(f"recipe {recipe}: agent-loop config {name} not found (from {os.getcwd()} or the repository)")
+        raise UserError(f"the recipe sets no {AGENT_LOOP_KEY}")
+    try:
+        path = Path(resolve_config_path(str(name)))
+    except FileNotFoundError:
+        path = Path(str(name)).absolute()
+    if not path.is_file():
+        raise UserError(
+            f"{AGENT_LOOP_KEY}: {path} does not exist (verl takes a relative path from the launch directory, "
+            f"{os.getcwd()}: launch from the repository root, or give an absolute path)"
+        )
+    return path
 
 
-def agent_loop_entry(cfg: DictConfig, recipe: str, name: str = EVAL_AGENT_LOOP) -> DictConfig:
-    """The ``name`` entry of the recipe's agent-loop YAML, as verl's registry keeps it (the last of that name)."""
-    path = agent_loop_config_path(cfg, recipe)
+def agent_loop_entries(cfg: DictConfig) -> tuple[Path, list[DictConfig]]:
+    """The agent-loop YAML and its entries, each a ``{name, _target_, ...}`` mapping (else a UserError)."""
+    path = agent_loop_file(cfg)
     try:
         entries = OmegaConf.load(path)
     except Exception as err:  # noqa: BLE001 - any YAML error is the user's file, not our bug
-        raise UserError(f"{path}: not valid YAML ({type(err).__name__})") from None
-    matches = [e for e in entries if isinstance(e, DictConfig) and e.get("name") == name] if entries else []
+        raise UserError(f"{path}: not valid YAML ({one_line(err)})") from None
+    if not isinstance(entries, ListConfig) or not all(isinstance(e, DictConfig) and "name" in e for e in entries):
+        raise UserError(f"{path}: not a list of {{name, _target_, ...}} entries (see recipes/agent_loops/)")
+    return path, list(entries)
+
+
+def agent_loop_entry(cfg: DictConfig, name: str = EVAL_AGENT_LOOP) -> DictConfig:
+    """The ``name`` entry of the recipe's agent-loop YAML, as verl's registry keeps it (the last of that name)."""
+    path, entries = agent_loop_entries(cfg)
+    matches = [e for e in entries if e.name == name]
     if not matches:
-        raise UserError(f"{path}: no agent loop named {name} (a YAML list of {{name, _target_, ...}})")
+        raise UserError(f"{path}: no agent loop named {name}")
     return matches[-1]
-
-
-def validation_sampling(cfg: DictConfig) -> dict[str, Any]:
-    """The sampling params verl's AgentLoopWorker sends in validation: ``rollout.val_kwargs``."""
-    rollout = cfg.actor_rollout_ref.rollout
-    val = rollout.val_kwargs
-    sampling = {"temperature": val.temperature, "top_p": val.top_p, "top_k": val.top_k}
-    if not val.get("do_sample", True):  # greedy, with verl's own greedy settings (apply_greedy_sampling_params)
-        sampling = {"temperature": 0, "top_p": 1.0, "top_k": -1}
-    return {**sampling, "repetition_penalty": 1.0, "logprobs": bool(rollout.calculate_log_probs)}
-
-
-def training_sampling(cfg: DictConfig) -> dict[str, Any]:
-    """The sampling params verl's AgentLoopWorker sends in a training step: what ``build-failures`` samples with."""
-    rollout = cfg.actor_rollout_ref.rollout
-    return {
-        "temperature": rollout.temperature,
-        "top_p": rollout.top_p,
-        "top_k": rollout.top_k,
-        "repetition_penalty": 1.0,
-        "logprobs": bool(rollout.calculate_log_probs),
-    }
-
-
-def dataset_class(cfg: DictConfig) -> type:
-    """verl's dataset class for the recipe's data (``data.custom_cls`` or RLHFDataset), as the AgentLoopWorker
-    picks it once at start; verl announces its pick with a print, kept off our table's stdout."""
-    from verl.utils.dataset.rl_dataset import get_dataset_class
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return get_dataset_class(cfg.data)
-
-
-def build_loop(cfg: DictConfig, entry: DictConfig, *, server_manager: Any, tokenizer: Any, hf_model_type, **kwargs):
-    """The agent loop, instantiated with the call ``AgentLoopWorker._run_agent_loop`` makes (``kwargs`` override
-    the entry's settings; ``dataset_cls`` defaults to ``dataset_class(cfg)``). Call it inside the running event
-    loop: ``AgentLoopBase`` captures it."""
-    import hydra
-    from hydra.errors import InstantiationException
-    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
-
-    dataset_cls = kwargs.pop("dataset_cls", None) or dataset_class(cfg)
-    try:
-        return hydra.utils.instantiate(
-            config=entry,
-            trainer_config=DictConfigWrap(config=cfg),
-            server_manager=server_manager,
-            tokenizer=tokenizer,
-            processor=None,  # text-only tasks: verl's HFModelConfig has no processor for them either
-            hf_model_type=hf_model_type,
-            dataset_cls=dataset_cls,
-            data_config=DictConfigWrap(cfg.data),
-            tools=ToolListWrap([]),  # the recipes configure no tools
-            **kwargs,
-        )
-    except InstantiationException as err:  # a bad entry in the agent-loop YAML: the user's file, one line
-        raise UserError(f"agent loop {entry.get('name')!r}: {err.__cause__ or err}") from None
-
-
-# Flags that override the recipe's agent-loop entry (ReflectRetryAgentLoop kwargs), its rollout section, and the
-# sampling params. Not ``attempt``: eval and build-failures measure first tries, so they always generate them.
-ENTRY_FLAGS = ("reflection_prompt", "retry_prompt", "max_reflections", "max_attempt_tokens", "max_reflection_tokens")
-ROLLOUT_FLAGS = ("prompt_length", "response_length")
-SAMPLING_FLAGS = ("temperature", "top_p", "top_k")
-
-
-@dataclass(frozen=True)
-class LoopRecipe:
-    """What a run takes from its recipe: the trainer config and the ``reflect_retry`` entry (flags applied), and
-    the sampling params."""
-
-    name: str
-    config: Any  # the composed DictConfig
-    entry: Any  # the agent-loop YAML entry (a DictConfig)
-    sampling: dict[str, Any]
-
-
-def load_recipe(args: argparse.Namespace, sampling: Callable[[Any], dict[str, Any]]) -> LoopRecipe:
-    """Compose ``args.recipe`` with its overrides and apply the flags given; ``sampling`` picks the recipe's
-    sampling section (``validation_sampling`` or ``training_sampling``)."""
-    name = args.recipe or DEFAULT_RECIPE
-    if args.model is not None:
-        check_model_dir(args.model)  # before composing: a wrong path is the likelier mistake, and this one is fast
-    overrides = list(args.overrides)
-    if args.model is not None:  # as main_ppo's actor_rollout_ref.model.path=<dir>, after the user's overrides
-        overrides.append(f"actor_rollout_ref.model.path={hydra_quote(args.model)}")
-    cfg = compose(name, overrides)
-    entry = agent_loop_entry(cfg, name)
-    for flag in ENTRY_FLAGS:
-        if getattr(args, flag, None) is not None:
-            entry[flag] = getattr(args, flag)
-    for flag in ROLLOUT_FLAGS:
-        if getattr(args, flag, None) is not None:
-            cfg.actor_rollout_ref.rollout[flag] = getattr(args, flag)
-    params = sampling(cfg)
-    params.update({flag: getattr(args, flag) for flag in SAMPLING_FLAGS if getattr(args, flag, None) is not None})
-    if entry.get("max_reflections", 0) < 0:
-        raise UserError(f"max_reflections must be >= 0, got {entry.max_reflections}")
-    return LoopRecipe(name, cfg, entry, params)

@@ -14,16 +14,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect.commands.config_checks import Check, Recipe, failed, passed, verl_agent_loop_path
+from verl_reflect.commands.config_checks import Check, DryRun, failed, passed
 from verl_reflect.commands.main_ppo import run_main_ppo
-from verl_reflect.commands.recipe import RECIPES_DIR, override_key
+from verl_reflect.commands.recipe import AGENT_LOOP_KEY, RECIPES_DIR, agent_loop_file, override_key
 
 # What a CPU needs, as a Hydra config group option any recipe takes (``+platform=cpu``): its one source.
 PLATFORM_DIR = RECIPES_DIR / "platform"
 CPU_PLATFORM = "cpu"
 
 
-def platform_overrides(recipe: Recipe, platform: str = CPU_PLATFORM) -> list[str]:
+def platform_overrides(recipe: DryRun, platform: str = CPU_PLATFORM) -> list[str]:
     """``+platform=<platform>``, with this repository's recipes on Hydra's search path when the recipe lives
     elsewhere (a recipe shared from another lab): the group is looked up there."""
     overrides = [f"+platform={platform}"]
@@ -40,7 +40,7 @@ def step_group(cfg: DictConfig, platform: str = CPU_PLATFORM) -> int:
     return min(int(cfg.actor_rollout_ref.rollout.n), int(cap))
 
 
-def step_overrides(recipe: Recipe, train: Path, rows: int) -> list[str]:
+def step_overrides(recipe: DryRun, train: Path, rows: int) -> list[str]:
     """What a one-step CPU run changes: the CPU keys, a batch of ``rows`` prompts, one step, no save/validation."""
     cfg = recipe.cfg
     group = step_group(cfg)
@@ -60,7 +60,7 @@ def step_overrides(recipe: Recipe, train: Path, rows: int) -> list[str]:
         micro("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu"),
         micro("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu"),
         micro("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu"),
-        f"actor_rollout_ref.rollout.agent.agent_loop_config_path={verl_agent_loop_path(cfg)}",
+        f"{AGENT_LOOP_KEY}={agent_loop_file(cfg)}",
         "trainer.total_training_steps=1",
         "trainer.val_before_train=false",
         "trainer.test_freq=-1",
@@ -68,7 +68,7 @@ def step_overrides(recipe: Recipe, train: Path, rows: int) -> list[str]:
     ]
 
 
-def step_rows(recipe: Recipe, rows: int) -> list[dict]:
+def step_rows(recipe: DryRun, rows: int) -> list[dict]:
     """The first ``rows`` rows, as plain rows: a failure set's stored attempts are in the recipe model's tokens,
     which the tiny model cannot replay, so on CPU every row generates its own first attempt."""
     from verl_reflect import data
@@ -82,7 +82,7 @@ def step_rows(recipe: Recipe, rows: int) -> list[dict]:
     return plain
 
 
-def check_trainer_step(recipe: Recipe, rows: int, timeout: int) -> Check:
+def check_trainer_step(recipe: DryRun, rows: int, timeout: int) -> Check:
     """``python -m verl.trainer.main_ppo`` for one step on CPU; its metrics come back through verl's file logger."""
     from verl_reflect import data
 

@@ -3,8 +3,8 @@
 verl's agent loops call ``await server_manager.generate(request_id, prompt_ids=..., sampling_params=...)``
 and get a ``TokenOutput`` back. ``HFBackend`` answers the same call, so the reflect-retry agent loop runs
 unchanged in ``verl-reflect eval`` / ``build-failures``, and it is the generation behind the CPU training path's
-``hf`` rollout server (``verl_reflect/cpu/hf_rollout.py``): transformers on CPU or GPU, concurrent calls batched into one
-forward per step.
+``hf`` rollout server (``verl_reflect/cpu/hf_rollout.py``): transformers on CPU or GPU, concurrent calls batched into
+one forward per step.
 
 Sampling params are the ones verl sends (see ``AgentLoopWorker`` and ``vllm_async_server.py``):
 ``temperature`` (0 = greedy), ``top_p``, ``top_k`` (-1 = off), ``max_tokens`` (or ``max_new_tokens``),

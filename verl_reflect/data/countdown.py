@@ -7,8 +7,8 @@ import random
 
 from tqdm import tqdm
 
-from verl_reflect.commands.errors import UserError
-from verl_reflect.data.rows import check_positive, make_row
+from verl_reflect.commands.errors import UserError, check_positive
+from verl_reflect.data.rows import make_row
 
 # The TinyZero Countdown prompt (Pan et al., 2025), which the paper's Countdown runs follow,
 # as a system + user chat instead of a raw completion prefix.

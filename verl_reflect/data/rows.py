@@ -53,11 +53,6 @@ def make_row(data_source: str, system: str, user: str, ground_truth: str, *, ind
     }
 
 
-def check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"{name} must be a positive integer, got {value!r}")
-
-
 def write_parquet(rows: list[dict], path: str | Path) -> None:
     """Write ``rows`` to ``path`` (parent folders created); the file appears only once it is complete."""
     if not rows:

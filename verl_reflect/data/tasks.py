@@ -1,4 +1,4 @@
-"""Rows of a recipe's task, made offline: what ``eval``, ``build-failures`` and ``dry-run`` run when given no ``--data``.
+"""Rows of a recipe's task, made offline: what ``eval``, ``build-failures`` and ``dry-run`` run without ``--data``.
 
 A recipe names its task in ``verl_reflect.task``; the name picks one of ``TASKS`` and nothing else (a recipe is
 trusted, but a typo should be one clear line).
