@@ -183,7 +183,7 @@ def two_node_run(tmp_path_factory, tiny_model_dir):
             splits=write_gated_task(tmp_path),
             steps=ASYNC_STEPS,
         )
-        yield run, {node.node_id for node in nodes}, placed_actors(cluster.address)
+        yield run, {node.node_id for node in nodes}, placed_actors(cluster.head_node.address_info["webui_url"])
     finally:
         cluster.shutdown()
 
@@ -205,16 +205,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def placed_actors(address: str) -> list[dict]:
-    """Every actor the run started, with its class and node, from Ray's state API (dead ones included)."""
-    import ray
+def placed_actors(dashboard: str) -> list[dict]:
+    """Every actor the run started, with its class and node, from Ray's state API (dead ones included), asked of
+    this cluster's dashboard by its URL: other Ray instances run on this machine."""
     from ray.util.state import list_actors
 
-    ray.init(address=address, logging_level="ERROR")
-    try:
-        actors = list_actors(limit=10000, detail=True, raise_on_missing_output=False)
-    finally:
-        ray.shutdown()
+    actors = list_actors(address=f"http://{dashboard}", limit=10000, detail=True, raise_on_missing_output=False)
     return [{"class_name": actor.class_name, "node_id": actor.node_id, "name": actor.name} for actor in actors]
 
 
