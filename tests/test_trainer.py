@@ -69,9 +69,17 @@ def build_failure_set(train: Path, out: Path, cache_dir: Path, *overrides: str) 
 
 
 def train(
-    tmp_path: Path, cache_dir: Path, ray_cluster, data_source: str, *overrides: str, failure_set=False, splits=None
+    tmp_path: Path,
+    cache_dir: Path,
+    ray_cluster,
+    data_source: str,
+    *overrides: str,
+    failure_set=False,
+    splits=None,
+    steps=STEPS,
 ) -> MainPPORun:
-    """Train ``STEPS`` steps through the harness every command uses.
+    """Train ``steps`` steps through the harness every command uses (``ray_cluster``: the ``(env, overrides)`` that
+    attach it to a running Ray cluster).
 
     ``failure_set``: train on what ``verl-reflect build-failures`` keeps of the train split (replayed attempts).
     ``splits``: the train and test parquet (default: Countdown prompts scored by ``data_source``).
@@ -87,7 +95,7 @@ def train(
             *ray_overrides,
             f"data.train_files={train_file}",
             f"data.val_files={test}",
-            f"trainer.total_training_steps={STEPS}",
+            f"trainer.total_training_steps={steps}",
             f"trainer.rollout_data_dir={tmp_path / 'rollouts'}",
             *overrides,
         ],
@@ -103,9 +111,12 @@ def train(
     )
 
 
-def check_ran(run: MainPPORun) -> None:
+def check_ran(run: MainPPORun, steps: int = STEPS) -> None:
     assert run.returncode == 0, run.log[-4000:]
-    assert [step["training/global_step"] for step in run.steps] == list(range(1, STEPS + 1))
+    assert [step["training/global_step"] for step in run.steps] == list(range(1, steps + 1))
+    for step in run.steps:  # verl's file logger writes NaN as null
+        nan = [key for key, value in step.items() if value is None or (isinstance(value, float) and math.isnan(value))]
+        assert not nan, f"NaN logged at step {step['training/global_step']}: {nan}"
 
 
 def trained_rows(run: dict, step: int) -> list[dict]:
@@ -185,9 +196,7 @@ def test_every_row_of_a_group_replays_the_groups_stored_failure(parity_run):
 
 def test_weights_change_and_the_rollout_server_samples_from_them(parity_run, tiny_model_dir):
     check_ran(parity_run)
-    trained = load_file(
-        parity_run.checkpoint(STEPS) / "model.safetensors"
-    )
+    trained = load_file(parity_run.checkpoint(STEPS) / "model.safetensors")
     initial = load_file(tiny_model_dir / "model.safetensors")
     assert trained.keys() == initial.keys()
     assert max((trained[name] - initial[name]).abs().max().item() for name in initial) > 1e-3

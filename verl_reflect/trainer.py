@@ -1,19 +1,26 @@
-"""verl's synchronous PPO trainer with what reflect-retry needs each step, registered as ``reflect_sync``.
+"""verl's v1 PPO trainers with what reflect-retry needs each step, one per verl mode: ``reflect_<mode>``.
 
-Selected by ``trainer.v1.trainer_mode: reflect_sync`` (every recipe sets it through ``_reflect_grpo.yaml``).
-It behaves exactly like verl's ``sync`` trainer, plus:
+Selected by ``trainer.v1.trainer_mode``: ``reflect_sync`` (every recipe's default, through ``_reflect_grpo.yaml``),
+``reflect_colocate_async`` or ``reflect_separate_async``. Each is verl's own trainer of that mode (its hooks: when to
+abort, sleep, sync and resume the rollout) with ``ReflectRetryMixin`` in front, which adds the same things to all:
 
 - **A step with no reflection token trains nothing, without crashing.** When no row of the batch reflected
   (every row solved on the first try), verl's rollout correction raises (``rollout_corr_helper.py:838``) and
   the token-mean loss would divide by zero. This trainer skips both and skips the actor update: there is
-  nothing to learn and no forward/backward pass is spent.
+  nothing to learn and no forward/backward pass is spent. verl's means over the empty mask (advantages, entropy,
+  ...) are NaN there, and left out of that step's logs.
 - **Per-step reflect metrics** beside verl's own: ``reflect/first_try_correct``, ``reflect/final_correct``
   (accuracy before and after reflection over the step's rows; under failure replay the first try is the
   stored failure), ``reflect/reflected`` (share of rows that reflected), ``reflect/replayed_attempt``,
   ``reflect/reflection_tokens`` (mean per reflecting row), ``reflect/rows_with_gradient`` (share of rows with a
   non-zero advantage), ``reflect/generated_tokens`` (step total) and ``reflect/skipped_update``.
+- **Every mini-batch of a step that trains has a trained token** where the rows allow it: verl's token-mean loss
+  divides by the mini-batch's trained-token count, so a mini-batch without one logs a NaN loss. Rows are reordered
+  within each data-parallel rank's share (``_balance_batch``'s partition is kept) so the reflecting rows spread
+  over the mini-batches (``_spread_trained_rows``).
 - **What was trained, dumped.** With ``trainer.rollout_data_dir`` set, ``<dir>/trained_<step>.jsonl`` holds per
-  row the response ids, ``response_mask``, the advantages the actor update used, and the loop's turn records.
+  row the response ids, ``response_mask``, the advantages the actor update used, the trainer's and the rollout's
+  log-probs, the weight versions of its first and last token, and the loop's turn records.
 """
 
 from __future__ import annotations
@@ -25,10 +32,16 @@ import numpy as np
 import transfer_queue as tq
 from omegaconf import open_dict
 from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
+from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 TRAINER_MODE = "reflect_sync"
 _STAT_KEYS = ("first_try_correct", "final_correct", "num_reflections", "reflection_tokens", "replayed_attempt")
+
+
+def _is_nan(value) -> bool:
+    return isinstance(value, (float, np.floating)) and bool(np.isnan(value))
 
 
 def _generated_tokens(row: dict) -> int:
@@ -37,11 +50,20 @@ def _generated_tokens(row: dict) -> int:
     return sum(turn["num_tokens"] for turn in turns)
 
 
-@register_trainer(TRAINER_MODE)
-class ReflectRetryTrainer(PPOTrainerSync):
+class ReflectRetryMixin:
+    """reflect-retry's additions to a verl v1 trainer; put in front of verl's trainer of mode ``VERL_MODE``.
+
+    Not a subclass of any verl trainer, so the mode's own hooks (``on_sample_end``, ``on_step_end``, ...) stay the
+    ones that run: a subclass of ``PPOTrainerSync`` would keep the sync hooks in an async mode.
+    """
+
+    VERL_MODE: str
+
     def _build_replay_buffer(self):
-        # verl branches on ``trainer_mode == "sync"`` (sampler class, refill, validation): this is that trainer.
-        self.trainer_mode = "sync"
+        # verl branches on ``trainer_mode`` strings (``== "sync"``: sampler class, refill, checkpointed in-flight
+        # prompts) and reads ``trainer.v1.<mode>`` for its settings: this trainer is verl's of that mode.
+        self.trainer_mode = self.VERL_MODE
+        self.parameter_sync_step = self.config.trainer.v1.get(self.VERL_MODE, {}).get("parameter_sync_step", 1)
         return super()._build_replay_buffer()
 
     def _trained_token_count(self, batch) -> int:
@@ -66,7 +88,47 @@ class ReflectRetryTrainer(PPOTrainerSync):
     def _update_actor(self, batch, metrics):
         skipped = self._trained_token_count(batch) == 0
         metrics["reflect/skipped_update"] = float(skipped)
-        return batch if skipped else super()._update_actor(batch, metrics)
+        if skipped:
+            return batch
+        left_empty = self._spread_trained_rows(batch)
+        if left_empty is not None:
+            metrics["reflect/mini_batches_without_token"] = left_empty
+        return super()._update_actor(batch, metrics)
+
+    def _spread_trained_rows(self, batch) -> int | None:
+        """Reorder ``batch`` so that every mini-batch has a trained token if the step has enough trained rows;
+        returns how many mini-batches still have none (trained rows fewer than mini-batches), None if the order
+        does not decide the mini-batches.
+
+        verl's dispatch gives data-parallel rank ``r`` the ``r``-th contiguous share of the batch, and each rank cuts
+        its share into contiguous mini-batches (``train_mini_batch``, ``shuffle: false``); global mini-batch ``j`` is
+        the ``j``-th slice of every share. Rows move only within their share (``_balance_batch``'s partition is
+        kept), and the trained rows are dealt to the slices round-robin, each rank starting where the previous one
+        stopped.
+        """
+        actor = self.config.actor_rollout_ref.actor
+        rows_per_mini_batch = actor.ppo_mini_batch_size * self.config.actor_rollout_ref.rollout.n
+        dp_size = max(self.actor_rollout_wg._dispatch_info["actor"]) + 1  # filled by _balance_batch
+        share = len(batch.keys) // dp_size
+        if actor.shuffle or share * dp_size != len(batch.keys) or share % (rows_per_mini_batch // dp_size):
+            return None  # shuffled mini-batches, or not verl's even split
+        slice_rows = rows_per_mini_batch // dp_size
+        n_mini = share // slice_rows
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["response_mask"])
+        trained = [bool(data["response_mask"][i].sum()) for i in range(len(batch.keys))]  # per row (jagged rows)
+        order, start = [], 0
+        for rank in range(dp_size):
+            rows = range(rank * share, (rank + 1) * share)
+            slices: list[list[int]] = [[] for _ in range(n_mini)]
+            for k, i in enumerate([i for i in rows if trained[i]]):
+                slices[(start + k) % n_mini].append(i)
+            start = (start + sum(trained[i] for i in rows)) % n_mini
+            rest = iter(i for i in rows if not trained[i])
+            for chosen in slices:
+                order += chosen + [next(rest) for _ in range(slice_rows - len(chosen))]
+        batch.reorder(order)
+        covered = {(position % share) // slice_rows for position, i in enumerate(order) if trained[i]}
+        return n_mini - len(covered)
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
@@ -86,6 +148,13 @@ class ReflectRetryTrainer(PPOTrainerSync):
             }
         )
 
+        if metrics.get("reflect/skipped_update"):
+            # A step with no trained token: verl's means over the mask (advantages, returns, entropy, rollout-vs-
+            # trainer probabilities) are means over nothing, undefined; left out of the logs, as verl leaves out the
+            # loss of the update it did not run. A NaN in a step that trains stays: it says something went wrong.
+            for key in [key for key, value in metrics.items() if _is_nan(value)]:
+                del metrics[key]
+
     def _log_rollout_data(self, batch, timing_raw, rollout_data_dir):
         super()._log_rollout_data(batch, timing_raw, rollout_data_dir)
         os.makedirs(rollout_data_dir, exist_ok=True)
@@ -95,7 +164,9 @@ class ReflectRetryTrainer(PPOTrainerSync):
 
     def _trained_rows(self, batch) -> list[dict]:
         """Per non-padding row: the loop's stats and turns, the response, its mask and its advantages."""
-        fields = ["responses", "response_mask", "advantages", "rm_scores", "extra_fields"]
+        fields = ["responses", "response_mask", "advantages", "rm_scores", "extra_fields", "old_log_probs"]
+        if self.config.actor_rollout_ref.rollout.calculate_log_probs:
+            fields.append("rollout_log_probs")
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         extra_fields = (
             data["extra_fields"].tolist() if hasattr(data["extra_fields"], "tolist") else data["extra_fields"]
@@ -109,11 +180,20 @@ class ReflectRetryTrainer(PPOTrainerSync):
                 {
                     "key": key,
                     "weights_version": tag.get("min_global_steps"),  # the policy version it was sampled from
+                    # the version its last token came from: later than weights_version if a turn was aborted at a
+                    # weight sync and resumed (async modes)
+                    "last_weights_version": tag.get("max_global_steps"),
                     **{name: extra[name] for name in _STAT_KEYS},
                     "reward": float(data["rm_scores"][i].sum()),
                     "response_ids": data["responses"][i].tolist(),
                     "response_mask": data["response_mask"][i].tolist(),
                     "advantages": data["advantages"][i].tolist(),
+                    # the trainer's log-probs of the response before the update, and the rollout's (if it sent
+                    # them): equal up to numerics where the row was sampled from the weights the update started at
+                    "old_log_probs": data["old_log_probs"][i].tolist(),
+                    "rollout_log_probs": (
+                        data["rollout_log_probs"][i].tolist() if "rollout_log_probs" in fields else None
+                    ),
                     "turns": [
                         {key: turn[key] for key in ("kind", "start", "num_tokens", "correct")}
                         for turn in extra["turns"]
@@ -121,3 +201,18 @@ class ReflectRetryTrainer(PPOTrainerSync):
                 }
             )
         return rows
+
+
+@register_trainer(TRAINER_MODE)
+class ReflectRetryTrainer(ReflectRetryMixin, PPOTrainerSync):
+    VERL_MODE = "sync"
+
+
+@register_trainer("reflect_colocate_async")
+class ReflectColocateAsyncTrainer(ReflectRetryMixin, PPOTrainerColocateAsync):
+    VERL_MODE = "colocate_async"
+
+
+@register_trainer("reflect_separate_async")
+class ReflectSeparateAsyncTrainer(ReflectRetryMixin, PPOTrainerSeparateAsync):
+    VERL_MODE = "separate_async"

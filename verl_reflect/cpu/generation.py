@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,7 @@ class Sampling:
 
 @dataclass
 class _Request:
+    request_id: str
     prompt_ids: list[int]
     sampling: Sampling
     future: asyncio.Future = field(repr=False)
@@ -74,6 +76,13 @@ class HFBackend:
     Calls wait in a queue; one worker task takes up to ``max_batch_size`` requests with the same
     sampling key, left-pads them and decodes them together in a thread (one forward per step for the
     whole batch), while later calls queue up for the next batch.
+
+    ``abort()`` stops generation as vLLM's ``pause_generation`` does: the batch being decoded stops after its
+    current step and each unfinished row returns the tokens it has with ``stop_reason="aborted"``; queued calls
+    return no tokens, aborted. ``load_weights`` waits for the batch being decoded, so one call's tokens all come
+    from one weight version, the one its ``extra_fields["global_steps"]`` names.
+    ``decode_step_delay_s`` sleeps after every decoding step: a slower accelerator, for tests whose
+    generation must still be running when the trainer aborts it.
     """
 
     def __init__(
@@ -84,6 +93,7 @@ class HFBackend:
         dtype: torch.dtype | None = None,
         max_batch_size: int = 16,
         batch_wait_s: float = 0.005,
+        decode_step_delay_s: float = 0.0,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -103,7 +113,11 @@ class HFBackend:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None  # held so the task is not garbage-collected
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._abort = threading.Event()  # set when the event loop goes away mid-batch (Ctrl-C)
+        self._abort = threading.Event()  # set when the event loop goes away mid-batch (Ctrl-C), or by abort()
+        self._weights = threading.Lock()  # held while a batch decodes and while weights load
+        self._decoding: list[_Request] = []  # the batch being decoded
+        self.decode_step_delay_s = decode_step_delay_s
+        self.weights_version: int | None = None  # set by load_weights (the trainer's global step)
 
     async def generate(
         self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any], **kwargs: Any
@@ -121,13 +135,39 @@ class HFBackend:
             self._abort.clear()
             self._wakeup = asyncio.Event()
             self._worker = loop.create_task(self._serve())
-        request = _Request(list(prompt_ids), sampling, loop.create_future())
+        request = _Request(request_id, list(prompt_ids), sampling, loop.create_future())
         self._queue.append(request)
         self._wakeup.set()
-        token_ids, log_probs = await request.future
+        token_ids, log_probs, finished, version = await request.future
         return TokenOutput(
-            token_ids=token_ids, log_probs=log_probs if sampling.logprobs else None, stop_reason="completed"
+            token_ids=token_ids,
+            log_probs=log_probs if sampling.logprobs else None,
+            stop_reason="completed" if finished else "aborted",
+            extra_fields={"global_steps": version},
         )
+
+    async def abort(self) -> list[str]:
+        """Stop every call in flight: the decoding batch after its current step (partial tokens), the queued ones
+        with none; returns their request ids once the decoding thread has let go."""
+        queued, self._queue = self._queue, []
+        aborted = [r.request_id for r in queued + self._decoding]
+        self._abort.set()
+        for r in queued:
+            if not r.future.done():
+                r.future.set_result(([], [], False, self.weights_version))
+        while self._decoding:  # the worker clears it when the batch's thread returns
+            await asyncio.sleep(0.005)
+        self._abort.clear()
+        return aborted
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int | None) -> None:
+        """Load HF-named weights (tied ones arrive once) between decoded batches; label what is generated next."""
+        unexpected = set(state_dict) - set(self.model.state_dict())
+        if unexpected:
+            raise ValueError(f"weights the model lacks: {sorted(unexpected)[:5]}")
+        with self._weights:
+            self.model.load_state_dict(state_dict, strict=False)
+            self.weights_version = version
 
     def close(self) -> None:
         """Nothing to release beyond what garbage collection frees; runners call it when a model is done."""
@@ -146,9 +186,10 @@ class HFBackend:
                 batch = [r for r in batch if not r.future.cancelled()]
                 if not batch:
                     continue
+                self._decoding = batch
                 try:
                     results = await asyncio.to_thread(
-                        self.decode, [r.prompt_ids for r in batch], [r.sampling for r in batch]
+                        self._decode_versioned, [r.prompt_ids for r in batch], [r.sampling for r in batch]
                     )
                 except asyncio.CancelledError:
                     # asyncio.run() waits for the decoding thread at exit: let it stop at the next step.
@@ -159,13 +200,23 @@ class HFBackend:
                         if not r.future.done():
                             r.future.set_exception(err)
                     continue
+                finally:
+                    self._decoding = []
                 for r, result in zip(batch, results):
                     if not r.future.done():
                         r.future.set_result(result)
 
+    def _decode_versioned(self, prompts: list[list[int]], samplings: list[Sampling]) -> list[tuple]:
+        """``decode`` under the weights lock: per row ``(token_ids, log_probs, finished, weights_version)``."""
+        with self._weights:
+            if self._abort.is_set():  # aborted while waiting for a weight load
+                return [([], [], False, self.weights_version) for _ in prompts]
+            return [(*row, self.weights_version) for row in self.decode(prompts, samplings)]
+
     @torch.no_grad()
-    def decode(self, prompts: list[list[int]], samplings: list[Sampling]) -> list[tuple[list[int], list[float]]]:
-        """Decode a batch of prompts that share a sampling key; returns ``(token_ids, log_probs)`` per row.
+    def decode(self, prompts: list[list[int]], samplings: list[Sampling]) -> list[tuple[list[int], list[float], bool]]:
+        """Decode a batch of prompts that share a sampling key; returns ``(token_ids, log_probs, finished)`` per row,
+        ``finished`` False where ``abort()`` stopped the row before its EOS or limit.
 
         Prompts are left-padded to a ``(B, T)`` tensor so every row's next token sits in the last column.
         ``log_probs`` are of the processed distribution the token was drawn from (after repetition
@@ -216,12 +267,16 @@ class HFBackend:
             if seen is not None:
                 seen[torch.arange(B, device=dev), token] = True
             done |= torch.isin(token, eos) | (lengths >= limits)
+            if self.decode_step_delay_s:
+                time.sleep(self.decode_step_delay_s)
             if bool(done.all()) or self._abort.is_set():
                 break
             step_ids = token[:, None]
             attn = torch.cat([attn, attn.new_ones(B, 1)], dim=1)  # finished rows decode padding nobody reads
             position = position[:, -1:] + 1
-        return [(out_tokens[i, : lengths[i]].tolist(), out_logp[i, : lengths[i]].tolist()) for i in range(B)]
+        return [
+            (out_tokens[i, : lengths[i]].tolist(), out_logp[i, : lengths[i]].tolist(), bool(done[i])) for i in range(B)
+        ]
 
     @staticmethod
     def _sample(

@@ -9,11 +9,13 @@ worker side; a private name, verl is pinned to 0.9.1).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any, Generator, Optional
 
 import ray
 import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from verl.workers.rollout.base import _ROLLOUT_REGISTRY, BaseRollout
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
@@ -25,46 +27,73 @@ class HFServer:
 
     ``generate`` reports the weight version it generated with (``extra_fields["global_steps"]``), as
     vLLM's server does; the trainer reads it back as each trajectory's ``min/max_global_steps``.
+
+    The async trainers' control calls behave as vLLM's server (``vllm_async_server.py``): ``abort_all_requests``
+    stops what is generating (each call returns its tokens so far, ``stop_reason="aborted"``, which verl's
+    ``FullyAsyncLLMServerClient`` resumes from) and closes a gate that parks new calls until
+    ``resume_generation`` (or turns them away, aborted, with ``reject_request``); a weight load waits for the
+    batch being decoded. ``sleep``/``wake_up`` have nothing to free on a CPU.
     """
 
-    def __init__(self, model_path: str, max_batch_size: int):
+    def __init__(self, model_path: str, max_batch_size: int, decode_step_delay_s: float = 0.0):
         from verl_reflect.cpu.generation import HFBackend
 
-        self.backend = HFBackend(model_path, device="cpu", max_batch_size=max_batch_size)
-        self.global_steps: Optional[int] = None
+        self.backend = HFBackend(
+            model_path, device="cpu", max_batch_size=max_batch_size, decode_step_delay_s=decode_step_delay_s
+        )
+        self._paused = False
+        self._rejecting = False
+        self._resumed = asyncio.Event()
+
+    @property
+    def global_steps(self) -> Optional[int]:
+        return self.backend.weights_version
 
     async def generate(
         self, prompt_ids: list[int], sampling_params: dict[str, Any], request_id: str, **kwargs
     ) -> TokenOutput:
+        while self._paused:
+            if self._rejecting:
+                return TokenOutput(token_ids=[], log_probs=None, stop_reason="aborted", extra_fields=self._version())
+            await self._resumed.wait()
         output = await self.backend.generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params)
         # num_preempted: this server never preempts a request.
-        return output.model_copy(update={"num_preempted": 0, "extra_fields": {"global_steps": self.global_steps}})
+        return output.model_copy(update={"num_preempted": 0})
 
-    def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int]) -> None:
+    def _version(self) -> dict:
+        return {"global_steps": self.global_steps}
+
+    async def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int]) -> None:
         """Load the actor's weights (HF names), so the next rollout samples from the updated policy."""
-        model = self.backend.model
-        unexpected = set(state_dict) - set(model.state_dict())
-        if unexpected:
-            raise ValueError(f"hf rollout: actor weights the rollout model lacks: {sorted(unexpected)[:5]}")
-        model.load_state_dict(state_dict, strict=False)  # tied weights arrive once
-        self.global_steps = global_steps
+        try:
+            # In a thread: it waits for the batch being decoded, and the actor's event loop must not.
+            await asyncio.to_thread(self.backend.load_weights, state_dict, global_steps)
+        except ValueError as err:
+            raise ValueError(f"hf rollout: actor {err}") from None
 
     def set_global_steps(self, global_steps: int) -> None:
-        self.global_steps = global_steps
+        self.backend.weights_version = global_steps
 
-    # The control calls verl makes on every rollout server; a transformers model on CPU has nothing to free.
+    async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False) -> dict:
+        self._paused, self._rejecting = True, reject_request
+        self._resumed.clear()
+        request_ids = await self.backend.abort()
+        return {"aborted_count": len(request_ids), "request_ids": request_ids}
+
+    async def resume_generation(self):
+        self._paused, self._rejecting = False, False
+        self._resumed.set()
+
+    # The other control calls verl makes on every rollout server; a transformers model on CPU has nothing to free
+    # (sleep keeps the weights: the next load overwrites them) and keeps no KV cache between calls.
     async def wake_up(self, tags: Optional[list[str]] = None): ...
     async def sleep(self): ...
     async def clear_kv_cache(self): ...
     async def release_kv_cache(self): ...
     async def resume_kv_cache(self): ...
     async def wait_for_requests_to_drain(self): ...
-    async def resume_generation(self): ...
     async def start_profile(self, **kwargs): ...
     async def stop_profile(self): ...
-
-    async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False) -> dict:
-        return {"aborted_count": 0, "request_ids": []}
 
 
 def _server_name(replica_rank: int) -> str:
@@ -72,19 +101,32 @@ def _server_name(replica_rank: int) -> str:
 
 
 class HFReplica(RolloutReplica):
-    """Trainer side of the ``hf`` rollout: starts one ``HFServer`` actor per replica."""
+    """Trainer side of the ``hf`` rollout: starts one ``HFServer`` actor per replica, on its workers' node."""
 
     async def init_standalone(self):
-        # The server loads model.path itself, and no trainer pushes weights to a standalone server: none of the
-        # checkpoint-engine workers verl's base class starts for that on a GPU resource pool.
+        if self.config.checkpoint_engine.backend != "naive":
+            # A trainer will sync weights into it (``separate_async``): verl's own standalone path starts the
+            # weight-receiving workers (``CheckpointEngineWorker`` with an ``HFServerAdapter``) on a resource pool
+            # of the replica's own, then ``launch_servers``.
+            return await super().init_standalone()
+        # No trainer pushes weights (``eval``/``build-failures --backend verl``): the server loads model.path itself
+        # and needs none of those workers, nor the GPU bundles they take.
         self.rollout_mode = RolloutMode.STANDALONE
         await self.launch_servers()
 
     async def launch_servers(self):
+        options = {}
+        if self.workers:  # next to the workers that hand it weights, as verl pins vLLM's servers
+            node_id = await self.workers[0].__ray_call__.remote(lambda worker: ray.get_runtime_context().get_node_id())
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
         server = (
             ray.remote(HFServer)
-            .options(name=_server_name(self.replica_rank), max_concurrency=self.max_concurrency, num_cpus=0)
-            .remote(model_path=self.model_config.path, max_batch_size=self.config.max_num_seqs)
+            .options(name=_server_name(self.replica_rank), max_concurrency=self.max_concurrency, num_cpus=0, **options)
+            .remote(
+                model_path=self.model_config.path,
+                max_batch_size=self.config.max_num_seqs,
+                **self.config.engine_kwargs.get(ROLLOUT_NAME, {}),  # decode_step_delay_s
+            )
         )
         await server.__ray_ready__.remote()
         self.servers = [server]
