@@ -94,3 +94,16 @@ def test_the_readme_layout_section_matches_the_tree():
     }
     tree = {str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
     assert named == tree, (sorted(tree - named), sorted(named - tree))
+
+
+def test_no_merge_conflict_markers_are_left_in_the_tree():
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    marked = [
+        name
+        for name in files
+        if name.endswith((".py", ".md", ".yaml", ".toml", ".sh", ".txt", "run"))
+        and re.search(r"^(<{7}|>{7}) ", (REPO / name).read_text(errors="replace"), flags=re.M)
+    ]
+    assert not marked
