@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from verl_reflect import vllm_cpu
 from verl_reflect.cli_support import UserError
 
 
@@ -78,6 +79,9 @@ class VerlServers:
             raise UserError(
                 f"rollout {name!r} is not available here ({type(err).__name__}: {err}); install it, or use --backend hf"
             ) from None
+        if name == "vllm" and not torch.cuda.is_available():
+            # vLLM's CPU build: the recipe's rollout with the CPU changes of recipes/cpu/vllm.yaml merged in.
+            config = vllm_cpu.with_cpu_group(config)
         self.config = standalone_rollout(
             config, model_path, torch.cuda.device_count() if torch.cuda.is_available() else None
         )
@@ -85,6 +89,8 @@ class VerlServers:
         replicas = rollout.n_gpus_per_node * rollout.nnodes // replica_gpus(rollout)
         # Minutes for a large model on vLLM, with verl's own logs the only sign of life: say what is happening.
         print(f"starting {replicas} standalone {name} rollout server(s) for {model_path} (verl)", file=sys.stderr)
+        # vLLM leaves shared-memory files behind when Ray ends its servers: close() removes them.
+        self._shm_before = vllm_cpu.shm_names() if name == "vllm" else None
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
             ray_init = OmegaConf.to_container(self.config.ray_kwargs.get("ray_init", {}))
@@ -103,3 +109,5 @@ class VerlServers:
 
         if self._started_ray:
             ray.shutdown()
+            if self._shm_before is not None:
+                vllm_cpu.remove_vllm_shm(self._shm_before)
