@@ -169,8 +169,10 @@ def test_every_shipped_recipe_passes_a_dry_run_with_a_real_trainer_step(recipe, 
         "VERL_REFLECT_CACHE": str(tiny_model_dir.parent),  # the tiny model this test session already built
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
+    # The hf rollout: the default where vLLM is installed, the recipe's own vLLM rollout, is dry-run once in
+    # tests/test_vllm_cpu.py (a vLLM server start costs about 20 s more per recipe).
     proc = subprocess.run(
-        [sys.executable, "-m", "verl_reflect.cli", "dry-run", "--config-name", recipe],
+        [sys.executable, "-m", "verl_reflect.cli", "dry-run", "--config-name", recipe, "--step-rollout", "hf"],
         cwd=REPO,
         env=env,
         capture_output=True,

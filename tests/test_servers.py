@@ -91,11 +91,11 @@ def test_standalone_rollout_takes_this_machines_gpus():
 
 
 def test_a_rollout_that_is_not_installed_is_one_line(tmp_path, tiny_default, capsys):
-    argv = ["eval", "--backend", "verl", "actor_rollout_ref.rollout.name=vllm", "--out-dir", str(tmp_path / "o")]
+    argv = ["eval", "--backend", "verl", "actor_rollout_ref.rollout.name=sglang", "--out-dir", str(tmp_path / "o")]
     rc = cli.main(argv)
     assert rc == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("verl-reflect: error: rollout 'vllm' is not available here") and len(err.splitlines()) == 1
+    assert err.startswith("verl-reflect: error: rollout 'sglang' is not available here") and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 

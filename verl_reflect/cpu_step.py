@@ -1,7 +1,9 @@
 """The dry run's dynamic check: one real ``main_ppo`` step on CPU with the recipe unchanged except what a CPU needs.
 
-What a CPU needs (the embedded tiny model, the ``hf`` rollout, one process) is read from the CPU recipe; the step
-runs a few rows of the data with ``rollout.n`` capped, and its metrics come back through verl's file logger.
+What a CPU needs (the embedded tiny model, one process) is read from the CPU recipe; the step runs a few rows of the
+data with ``rollout.n`` capped, and its metrics come back through verl's file logger. The rollout is the recipe's
+own vLLM rollout wherever vLLM is installed (vLLM's CPU build), with only the CPU changes of ``recipes/cpu/vllm.yaml``,
+so a shared recipe's rollout section runs before GPU time; elsewhere, the CPU recipe's ``hf`` rollout.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from verl_reflect import vllm_cpu
 from verl_reflect.recipe import RECIPES_DIR, main_ppo_command, override_key
 from verl_reflect.recipe_checks import Check, Recipe, failed, passed, verl_agent_loop_path
 
@@ -46,11 +49,30 @@ CPU_KEYS = (
 MAX_STEP_GROUP = 4  # rollout.n on CPU: enough for a GRPO group with spread, small enough for 2 cores
 
 
-def cpu_overrides() -> list[str]:
-    """The CPU recipe's values of the keys a CPU needs, as ``++key=value`` overrides (add or replace)."""
+ROLLOUTS = ("recipe", "hf")  # --step-rollout: the recipe's own (vLLM), or the CPU recipe's hf
+
+
+def step_rollout(cfg: DictConfig, requested: str | None) -> tuple[str, str]:
+    """The rollout the step runs (``vllm`` or ``hf``) and why: the recipe's vLLM rollout unless ``requested`` is
+    ``hf``, the recipe's rollout is not vLLM, or vLLM is not installed here."""
+    name = cfg.actor_rollout_ref.rollout.name
+    if requested == "hf":
+        return "hf", "--step-rollout hf"
+    if name != "vllm":
+        return "hf", f"the recipe's rollout is {name}"
+    if not vllm_cpu.installed():
+        return "hf", "vLLM is not installed here: packaging/install-vllm-cpu.sh"
+    return "vllm", "the recipe's, with recipes/cpu/vllm.yaml"
+
+
+def cpu_overrides(rollout: str = "hf") -> list[str]:
+    """The CPU recipe's values of the keys a CPU needs, as ``++key=value`` overrides (add or replace); with
+    ``rollout="vllm"`` the recipe keeps its rollout and gets the CPU changes vLLM needs (``+cpu=vllm``)."""
     values = yaml.safe_load(CPU_RECIPE.read_text())
-    overrides = []
+    overrides = [vllm_cpu.CPU_GROUP] if rollout == "vllm" else []
     for key in CPU_KEYS:
+        if rollout == "vllm" and key == "actor_rollout_ref.rollout.name":
+            continue
         node = values
         for part in key.split("."):
             node = node[part]
@@ -63,8 +85,9 @@ def step_group(cfg: DictConfig) -> int:
     return min(int(cfg.actor_rollout_ref.rollout.n), MAX_STEP_GROUP)
 
 
-def step_overrides(recipe: Recipe, train: Path, out_dir: Path, rows: int) -> list[str]:
-    """What a one-step CPU run changes: the CPU keys, a batch of ``rows`` prompts, one step, no save/validation."""
+def step_overrides(recipe: Recipe, train: Path, out_dir: Path, rows: int, rollout: str = "hf") -> list[str]:
+    """What a one-step CPU run changes: the CPU keys (``rollout``: ``step_rollout``'s), a batch of ``rows`` prompts,
+    one step, no save/validation."""
     cfg = recipe.cfg
     group = step_group(cfg)
     trajectories = rows * group
@@ -74,7 +97,7 @@ def step_overrides(recipe: Recipe, train: Path, out_dir: Path, rows: int) -> lis
         return f"{key}={value if value and trajectories % int(value) == 0 else trajectories}"
 
     return [
-        *cpu_overrides(),
+        *cpu_overrides(rollout),
         "trainer.nnodes=1",
         f"data.train_files={train}",
         f"data.val_files={train}",
@@ -108,8 +131,9 @@ def step_rows(recipe: Recipe, rows: int) -> list[dict]:
     return plain
 
 
-def check_trainer_step(recipe: Recipe, rows: int, timeout: int) -> Check:
-    """``python -m verl.trainer.main_ppo`` for one step on CPU; its metrics come back through verl's file logger."""
+def check_trainer_step(recipe: Recipe, rows: int, timeout: int, rollout: str | None = None) -> Check:
+    """``python -m verl.trainer.main_ppo`` for one step on CPU; its metrics come back through verl's file logger.
+    ``rollout``: ``--step-rollout`` (None: the recipe's vLLM rollout where vLLM is installed)."""
     from verl_reflect import data
 
     name = "trainer step"
@@ -120,14 +144,15 @@ def check_trainer_step(recipe: Recipe, rows: int, timeout: int) -> Check:
     out_dir = Path(tempfile.mkdtemp(prefix="verl-reflect-dry-run-"))
     train = out_dir / "train.parquet"
     data.write_parquet(step_rows(recipe, rows), train)
-    ours = step_overrides(recipe, train, out_dir, rows)
+    rollout, why = step_rollout(recipe.cfg, rollout)
+    ours = step_overrides(recipe, train, out_dir, rows, rollout)
     replaced = {override_key(o) for o in ours}
     kept = [o for o in recipe.overrides if override_key(o) not in replaced]
     command = main_ppo_command(recipe.config_name, [*kept, *ours], recipe.config_dir)
     metrics_path, log_path = out_dir / "metrics.jsonl", out_dir / "main_ppo.log"
     env = {**os.environ, "VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(metrics_path)}
     start = time.monotonic()
-    with open(log_path, "w") as log:
+    with open(log_path, "w") as log, vllm_cpu.removing_vllm_shm():
         try:
             proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -151,7 +176,7 @@ def check_trainer_step(recipe: Recipe, rows: int, timeout: int) -> Check:
     return passed(
         name,
         f"1 step of main_ppo on CPU in {seconds:.0f} s ({rows} prompts x n={step_group(recipe.cfg)}, "
-        f"tiny model): reflected {reflect.get('reflect/reflected', float('nan')):.2f}, "
+        f"tiny model, {rollout} rollout: {why}): reflected {reflect.get('reflect/reflected', float('nan')):.2f}, "
         f"rows with gradient {reflect.get('reflect/rows_with_gradient', float('nan')):.2f}, {update}",
     )
 

@@ -122,8 +122,8 @@ def remove_vllm_shm(before: set[str], wait_s: float = 30.0) -> list[str]:
     Waits up to ``wait_s`` for the run's processes to let go of them (vLLM's engine outlives Ray's shutdown briefly)."""
     deadline = time.monotonic() + wait_s
     while True:
-        new = {name for name in shm_names() - before if any(fnmatch.fnmatch(name, p) for p in VLLM_SHM)}
-        held = new & _shm_in_use()
+        new = {name for name in shm_names() - before if is_vllm_shm(name)}
+        held = new & shm_in_use()
         if not held or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -134,11 +134,15 @@ def remove_vllm_shm(before: set[str], wait_s: float = 30.0) -> list[str]:
     return removed
 
 
+def is_vllm_shm(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in VLLM_SHM)
+
+
 def shm_names() -> set[str]:
     return set(os.listdir(SHM_DIR)) if SHM_DIR.is_dir() else set()
 
 
-def _shm_in_use() -> set[str]:
+def shm_in_use() -> set[str]:
     """Names under /dev/shm that a live process maps (``/proc/<pid>/maps``) or has open (``/proc/<pid>/fd``)."""
     prefix = f"{SHM_DIR}/"
     held = set()
