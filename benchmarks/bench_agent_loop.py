@@ -15,14 +15,19 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from interleave import describe, interleaved, ratios
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 from verl.workers.rollout.replica import TokenOutput
 
-from verl_reflect.agent_loop import ReflectRetryAgentLoop, standalone_kwargs
-from verl_reflect.tiny import build_tokenizer
+from verl_reflect.agent_loop import ReflectRetryAgentLoop
+from verl_reflect.cpu.tiny import build_tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from loop_helpers import standalone_kwargs  # noqa: E402  (the kwargs verl's AgentLoopWorker passes a loop)
 
 ROW = {
     "raw_prompt": [{"role": "user", "content": "Using the numbers [1, 2, 3], create an equation that equals 9."}],

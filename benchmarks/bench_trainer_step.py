@@ -17,10 +17,8 @@ time per step, each mode through the real trainer.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,8 +31,8 @@ from bench_agent_loop import InstantServer, cpu_ms_per_trajectory
 from verl_reflect import data
 from verl_reflect.advantage import compute_reflect_grpo_advantage
 from verl_reflect.agent_loop import ReflectRetryAgentLoop
-from verl_reflect.recipe import main_ppo_command
-from verl_reflect.tiny import build_tokenizer
+from verl_reflect.commands.main_ppo import run_main_ppo
+from verl_reflect.cpu.tiny import build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ["gen", "old_log_prob", "ref", "adv", "update_actor", "update_weights"]
@@ -52,25 +50,20 @@ def write_toy_data(workdir: Path, train_rows: int) -> None:
 
 
 def run_trainer(steps: int, workdir: Path, train: Path, *overrides: str) -> list[dict]:
-    metrics = workdir / "metrics.jsonl"
-    metrics.unlink(missing_ok=True)
-    command = main_ppo_command("countdown_tiny_cpu", [
-        f"data.train_files={train}", f"data.val_files={workdir / 'test.parquet'}",
-        f"trainer.total_training_steps={steps}", "trainer.test_freq=-1", "trainer.save_freq=-1",
-        f"trainer.default_local_dir={workdir / 'ckpt'}", "trainer.logger=[console,file]", *overrides,
-    ])  # fmt: skip
-    env = {
-        **os.environ,
-        "VERL_PLATFORM": "cpu",
-        "VERL_FILE_LOGGER_PATH": str(metrics),
-        "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
-    }
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"main_ppo failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    print(f"main_ppo: {steps} steps in {time.perf_counter() - start:.0f} s wall (Ray and worker start-up included)")
-    return [json.loads(line)["data"] for line in metrics.read_text().splitlines()]
+    run = run_main_ppo(
+        "countdown_tiny_cpu",
+        [
+            f"data.train_files={train}", f"data.val_files={workdir / 'test.parquet'}",
+            f"trainer.total_training_steps={steps}", "trainer.test_freq=-1", "trainer.save_freq=-1", *overrides,
+        ],
+        out_dir=workdir / "main_ppo",
+        cwd=REPO,
+        env={"PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")])},
+    )  # fmt: skip
+    if run.returncode != 0:
+        sys.exit(f"main_ppo failed: {run.last_error()} (log: {run.log_path})")
+    print(f"main_ppo: {steps} steps in {run.seconds:.0f} s wall (Ray and worker start-up included)")
+    return run.steps
 
 
 def reflect_grpo_ms(repeats: int = 50) -> float:
@@ -91,14 +84,14 @@ def replay_vs_generate(steps: int) -> None:
     """Both attempt modes through the trainer, on one failure set."""
     from omegaconf import OmegaConf
 
-    from verl_reflect import failures
+    from verl_reflect.commands import build_failures
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         write_toy_data(workdir, 16 * steps)
         sys.path.insert(0, str(FIXTURES))  # build-failures scores toy_tasks in this process
         failure_set = workdir / "failures.parquet"
-        failures.main(
+        build_failures.main(
             ["--data", str(workdir / "train.parquet"), "--out", str(failure_set), "--k", "1",
              "--recipe", "countdown_tiny_cpu"]
         )  # fmt: skip

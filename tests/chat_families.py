@@ -1,7 +1,7 @@
 """Real chat templates of the model families the paper trains, and an offline tokenizer for each.
 
 Each template is the model's own, written out exactly (sources below); each tokenizer is the embedded
-byte-level BPE of ``verl_reflect.tiny`` trained with the family's special tokens, so the templates render
+byte-level BPE of ``verl_reflect.cpu.tiny`` trained with the family's special tokens, so the templates render
 to the same token boundaries a real checkpoint's would: special tokens are single ids, text is text.
 """
 
@@ -14,7 +14,7 @@ from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, trainers
 from tokenizers import models as tokenizer_models
 from transformers import PreTrainedTokenizerFast
 
-from verl_reflect import tiny
+from verl_reflect.cpu import tiny
 
 # Qwen/Qwen2.5-*-Instruct tokenizer_config.json: ChatML with a default system message.
 QWEN25_TEMPLATE = r"""{%- if tools %}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from verl_reflect import tiny
+from verl_reflect.cpu import tiny
 
 
 @pytest.fixture(scope="session")

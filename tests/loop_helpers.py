@@ -1,10 +1,22 @@
-"""A scripted stand-in for verl's server manager, shared by the agent-loop tests."""
+"""What the agent-loop tests share: a scripted stand-in for verl's server manager, and the kwargs verl's
+AgentLoopWorker passes a loop."""
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from verl.experimental.agent_loop.agent_loop import DictConfigWrap
+from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.workers.rollout.replica import TokenOutput
 
 LOGPROB = -0.5
+# The user turns the tests' loops ask with (the recipes' come from their agent-loop YAML).
+REFLECTION_PROMPT = (
+    "Your answer was wrong. Reflect on what went wrong: in a few sentences, explain the mistake "
+    "and how to avoid it. Do not give the answer yet."
+)
+RETRY_PROMPT = "Now try again, using your reflection. Give the final answer in the same format as before."
 
 
 class ScriptedServer:
@@ -51,3 +63,30 @@ class ScriptedServer:
             num_preempted=self.preempted.pop(0),
             extra_fields={"global_steps": version, "min_global_steps": version, "max_global_steps": version},
         )
+
+
+def standalone_kwargs(
+    tokenizer, *, prompt_length: int, response_length: int, hf_model_type: Optional[str] = None
+) -> dict[str, Any]:
+    """The constructor kwargs verl's AgentLoopWorker passes an agent loop, for running one outside the trainer.
+
+    ``trainer_config`` holds only the slice of verl's config the loops read. Use as
+    ``ReflectRetryAgentLoop(server_manager=..., **standalone_kwargs(tok, ...), max_reflections=...)``,
+    inside a running event loop (``AgentLoopBase`` captures it).
+    """
+    config = OmegaConf.create(
+        {
+            "actor_rollout_ref": {"rollout": {"prompt_length": prompt_length, "response_length": response_length}},
+            "data": {"apply_chat_template_kwargs": {}},
+        }
+    )
+    return {
+        "reflection_prompt": REFLECTION_PROMPT,
+        "retry_prompt": RETRY_PROMPT,
+        "trainer_config": DictConfigWrap(config),
+        "tokenizer": tokenizer,
+        "processor": None,
+        "dataset_cls": RLHFDataset,
+        "data_config": DictConfigWrap(config.data),
+        "hf_model_type": hf_model_type,
+    }

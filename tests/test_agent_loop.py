@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from loop_helpers import LOGPROB, ScriptedServer
+from loop_helpers import LOGPROB, REFLECTION_PROMPT, RETRY_PROMPT, ScriptedServer, standalone_kwargs
 from omegaconf import OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopWorker, _agent_loop_registry
 from verl.trainer.config import AlgoConfig
@@ -20,12 +20,7 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
 import verl_reflect.register  # noqa: F401
-from verl_reflect.agent_loop import (
-    DEFAULT_REFLECTION_PROMPT,
-    DEFAULT_RETRY_PROMPT,
-    ReflectRetryAgentLoop,
-    standalone_kwargs,
-)
+from verl_reflect.agent_loop import ReflectRetryAgentLoop
 
 PROMPT = [{"role": "user", "content": "Using the numbers [1, 2, 3], create an equation that equals 9."}]
 ROW = {
@@ -61,7 +56,7 @@ def render(tokenizer, messages, add_generation_prompt=False) -> list[int]:
     )
 
 
-def conversation(*turns: str, reflection_prompt=DEFAULT_REFLECTION_PROMPT, retry_prompt=DEFAULT_RETRY_PROMPT):
+def conversation(*turns: str, reflection_prompt=REFLECTION_PROMPT, retry_prompt=RETRY_PROMPT):
     """PROMPT + assistant/user turns in reflect-retry order: attempt, reflect?, reflection, retry?, retry, ..."""
     messages = list(PROMPT)
     user_prompts = [reflection_prompt, retry_prompt]
@@ -81,7 +76,7 @@ def check_aligned(out):
 
 def reflection_span(tokenizer, *turns_before: str) -> int:
     """Start, in the response, of the reflection that follows ``turns_before`` and its reflect prompt."""
-    before = conversation(*turns_before) + [{"role": "user", "content": DEFAULT_REFLECTION_PROMPT}]
+    before = conversation(*turns_before) + [{"role": "user", "content": REFLECTION_PROMPT}]
     return len(render(tokenizer, before, add_generation_prompt=True)) - len(render(tokenizer, PROMPT, True))
 
 
@@ -136,9 +131,9 @@ def test_failure_then_success_trains_exactly_the_reflection(tiny_tokenizer):
     # Each turn was generated on the exact rendered context, within one sticky request id.
     assert [call["prompt_ids"] for call in server.calls] == [
         render(tiny_tokenizer, PROMPT, True),
-        render(tiny_tokenizer, conversation(WRONG) + [{"role": "user", "content": DEFAULT_REFLECTION_PROMPT}], True),
+        render(tiny_tokenizer, conversation(WRONG) + [{"role": "user", "content": REFLECTION_PROMPT}], True),
         render(
-            tiny_tokenizer, conversation(WRONG, REFLECTION) + [{"role": "user", "content": DEFAULT_RETRY_PROMPT}], True
+            tiny_tokenizer, conversation(WRONG, REFLECTION) + [{"role": "user", "content": RETRY_PROMPT}], True
         ),
     ]
     assert len({call["request_id"] for call in server.calls}) == 1
@@ -361,9 +356,9 @@ def test_replay_stream_equals_the_generated_one_for_the_same_ids(tiny_tokenizer)
 
     # Only the reflection and the retry reach the server, each on the exact rendered context.
     assert [call["prompt_ids"] for call in server.calls] == [
-        render(tiny_tokenizer, conversation(WRONG) + [{"role": "user", "content": DEFAULT_REFLECTION_PROMPT}], True),
+        render(tiny_tokenizer, conversation(WRONG) + [{"role": "user", "content": REFLECTION_PROMPT}], True),
         render(
-            tiny_tokenizer, conversation(WRONG, REFLECTION) + [{"role": "user", "content": DEFAULT_RETRY_PROMPT}], True
+            tiny_tokenizer, conversation(WRONG, REFLECTION) + [{"role": "user", "content": RETRY_PROMPT}], True
         ),
     ]
     # The same stream and mask as if the server had generated those ids: reflection trained, nothing else.

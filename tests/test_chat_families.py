@@ -14,15 +14,10 @@ import json
 
 import pytest
 from chat_families import FAMILIES, family_tokenizer
-from loop_helpers import LOGPROB, ScriptedServer
+from loop_helpers import LOGPROB, REFLECTION_PROMPT, RETRY_PROMPT, ScriptedServer, standalone_kwargs
 
 import verl_reflect.agent_loop as agent_loop_module
-from verl_reflect.agent_loop import (
-    DEFAULT_REFLECTION_PROMPT,
-    DEFAULT_RETRY_PROMPT,
-    ReflectRetryAgentLoop,
-    standalone_kwargs,
-)
+from verl_reflect.agent_loop import ReflectRetryAgentLoop
 from verl_reflect.turn_boundary import InexactChatTemplateError
 
 TASK = "Using the numbers [1, 2, 3], create an equation that equals 9."
@@ -64,7 +59,7 @@ class Family:
         messages = list(self.prompt)
         for i, text in enumerate(turns):
             if i:
-                content = DEFAULT_REFLECTION_PROMPT if i % 2 else DEFAULT_RETRY_PROMPT
+                content = REFLECTION_PROMPT if i % 2 else RETRY_PROMPT
                 messages.append({"role": "user", "content": content})
             messages.append({"role": "assistant", "content": text})
         return messages
@@ -85,7 +80,7 @@ class Family:
         """The prompt ids the model generates the turn after ``turns`` (and the user turn after them) on."""
         if not turns:
             return self.render(self.prompt, True)
-        content = DEFAULT_REFLECTION_PROMPT if len(turns) % 2 else DEFAULT_RETRY_PROMPT
+        content = REFLECTION_PROMPT if len(turns) % 2 else RETRY_PROMPT
         return self.render(self.conversation(*turns) + [{"role": "user", "content": content}], True)
 
     def run(self, replies, monkeypatch, *, response_length=768, **loop_kwargs):
@@ -239,7 +234,7 @@ def test_fix_after_reflection_streams_read_as_each_template(monkeypatch):
     """The streams written out, so a reader sees each template's turn boundaries (user-only prompt)."""
     today = datetime.datetime.now().strftime("%d %b %Y")
     q, r, w = TASK, REFLECTION, WRONG
-    reflect, retry, right = DEFAULT_REFLECTION_PROMPT, DEFAULT_RETRY_PROMPT, RIGHT
+    reflect, retry, right = REFLECTION_PROMPT, RETRY_PROMPT, RIGHT
     llama = (
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
         "Today Date: {date}\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{q}<|eot_id|>"

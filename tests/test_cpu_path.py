@@ -1,4 +1,4 @@
-"""The CPU training path's parts (``verl_reflect/cpu.py``, ``verl_reflect/hf_rollout.py``): registered where verl
+"""The CPU training path's parts (``verl_reflect/cpu/platform.py``, ``verl_reflect/cpu/hf_rollout.py``): registered where verl
 looks, inert unless selected, and a rollout server that samples from the weights it is handed.
 tests/test_trainer.py runs them in main_ppo."""
 
@@ -15,8 +15,8 @@ from verl.workers.rollout.base import get_rollout_class
 from verl.workers.rollout.replica import get_rollout_replica_class
 
 import verl_reflect.register  # noqa: F401
-from verl_reflect.cpu import CPUPlatform
-from verl_reflect.hf_rollout import HFReplica, HFServer, HFServerAdapter
+from verl_reflect.cpu.hf_rollout import HFReplica, HFServer, HFServerAdapter
+from verl_reflect.cpu.platform import CPUPlatform
 
 GREEDY = {"temperature": 0.0, "max_tokens": 8, "logprobs": True}
 
@@ -42,7 +42,7 @@ def _worker_patches(env: dict) -> str:
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout.strip()
+    return proc.stdout.strip().splitlines()[-1]  # where vLLM is installed, verl imports it, and vLLM logs to stdout
 
 
 def test_worker_patches_apply_only_under_verl_platform_cpu():

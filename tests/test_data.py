@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from verl_reflect import data
-from verl_reflect.cli_support import UserError, run_command
+from verl_reflect.commands.errors import UserError, run_command
 
 # -----------------------------------------------------------------------------
 # helpers

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from verl_reflect import cli, cpu_step, data, recipe_checks
+from verl_reflect import data
+from verl_reflect.commands import cli, config_checks, trainer_step_check
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith("_"))
@@ -63,7 +64,13 @@ def test_static_checks_pass_for_every_shipped_recipe(capsys, recipe):
     assert lines[-2].startswith("on GPUs: world size ")
 
 
-def test_the_summary_says_what_the_gpu_run_does(capsys):
+def test_the_summary_says_what_the_gpu_run_does(capsys, monkeypatch):
+    import transformers
+
+    def not_downloaded(path, **kwargs):  # what from_pretrained raises offline for a model not in the HF cache
+        raise OSError(f"We couldn't connect to 'https://huggingface.co' to load the files of {path}")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", not_downloaded)
     code, lines = dry_run(capsys, "--config-name", "countdown_qwen2.5-1.5b")
     assert code == 0
     # 64 prompts x 8 = 512 rows over 8 GPUs; a mini-batch of 32 x 8 = 256 rows is 32 per GPU, micro-batches of 8.
@@ -71,7 +78,7 @@ def test_the_summary_says_what_the_gpu_run_does(capsys):
         "on GPUs: world size 8; 512 rows per step (64 prompts x 8); "
         "at most 1,572,864 tokens per step (512 x (1024 + 2048)); 4 micro-batch(es) of 8 per GPU per mini-batch"
     )
-    assert line_of(lines, "prompt lengths").startswith("- ")  # the Qwen tokenizer is not on this machine: skipped
+    assert line_of(lines, "prompt lengths") == "- prompt lengths: skipped (tokenizer Qwen/Qwen2.5-1.5B-Instruct not available offline)"
 
 
 def test_a_wrong_agent_loop_path_is_caught(capsys):
@@ -162,6 +169,7 @@ def test_a_recipe_that_does_not_compose_is_one_line_and_exit_2(capsys):
     assert err[-1].startswith("verl-reflect: error: no recipe 'no_such_recipe'")
 
 
+@pytest.mark.trainer
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_shipped_recipe_passes_a_dry_run_with_a_real_trainer_step(recipe, tiny_model_dir):
     env = {
@@ -169,10 +177,8 @@ def test_every_shipped_recipe_passes_a_dry_run_with_a_real_trainer_step(recipe, 
         "VERL_REFLECT_CACHE": str(tiny_model_dir.parent),  # the tiny model this test session already built
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
-    # The hf rollout: the default where vLLM is installed, the recipe's own vLLM rollout, is dry-run once in
-    # tests/test_vllm_cpu.py (a vLLM server start costs about 20 s more per recipe).
     proc = subprocess.run(
-        [sys.executable, "-m", "verl_reflect.cli", "dry-run", "--config-name", recipe, "--step-rollout", "hf"],
+        [sys.executable, "-m", "verl_reflect.commands.cli", "dry-run", "--config-name", recipe],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -196,14 +202,14 @@ def test_the_cpu_step_runs_failure_set_rows_as_plain_rows():
     # Stored attempts are token ids of the recipe's model: the tiny model cannot replay them.
     row = {**data.countdown_rows(1, seed=0, split="train")[0], "agent_name": data.FAILURES_AGENT_NAME}
     row[data.FAILED_ATTEMPTS] = [{"token_ids": [1, 2], "text": "x"}]
-    recipe = recipe_checks.Recipe(REPO, "r", [], cfg=None, rows=[row, row, row])
-    (plain,) = cpu_step.step_rows(recipe, 1)
+    recipe = config_checks.Recipe(REPO, "r", [], cfg=None, rows=[row, row, row])
+    (plain,) = trainer_step_check.step_rows(recipe, 1)
     assert plain["agent_name"] == data.AGENT_NAME and data.FAILED_ATTEMPTS not in plain
     assert plain["prompt"] == row["prompt"]
 
 
 def test_the_cpu_overrides_come_from_the_cpu_recipe():
-    overrides = cpu_step.cpu_overrides()
+    overrides = trainer_step_check.cpu_overrides()
     assert "++actor_rollout_ref.rollout.name=hf" in overrides
     assert "++trainer.device=cpu" in overrides
     assert "++actor_rollout_ref.model.path=${verl_reflect.tiny_model:}" in overrides

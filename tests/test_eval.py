@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from verl_reflect import cli, data, recipe, report, runner, store
-from verl_reflect import eval as ev
+from verl_reflect import data
+from verl_reflect.commands import cli, evaluate, recipe, report, runner, trajectories
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Short turns so a real-model budget (the path taken with --model) stays fast on the tiny model.
@@ -39,7 +39,7 @@ def count_trajectories(monkeypatch):
 
 
 def _records(out_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (out_dir / store.JSONL_NAME).read_text().splitlines()]
+    return [json.loads(line) for line in (out_dir / trajectories.JSONL_NAME).read_text().splitlines()]
 
 
 def _table_value(stdout: str, row_name: str) -> list[str]:
@@ -79,19 +79,19 @@ def test_resume_runs_only_new_rows_and_survives_a_torn_line(tmp_path, tiny_defau
     assert cli.main(args + ["--limit", "4"]) == 0
     assert len(count_trajectories) == 4
     assert _table_value(capsys.readouterr().out, "N") == ["4"]
-    first = (tmp_path / store.JSONL_NAME).read_text().splitlines()
+    first = (tmp_path / trajectories.JSONL_NAME).read_text().splitlines()
 
     assert cli.main(args + ["--limit", "8"]) == 0
     assert len(count_trajectories) == 8  # 4 new, the first 4 skipped
     out = capsys.readouterr().out
     assert "4 of 8 rows already in" in out and _table_value(out, "N") == ["8"]
-    lines = (tmp_path / store.JSONL_NAME).read_text().splitlines()
+    lines = (tmp_path / trajectories.JSONL_NAME).read_text().splitlines()
     assert lines[:4] == first and len(lines) == 8
 
     # A run killed mid-write leaves half a line: that row is redone and the file is clean again.
     torn = "\n".join(lines[:7]) + "\n" + lines[7][: len(lines[7]) // 2]
-    (tmp_path / store.JSONL_NAME).write_text(torn)
-    assert len(store.read_jsonl(tmp_path / store.JSONL_NAME)) == 7
+    (tmp_path / trajectories.JSONL_NAME).write_text(torn)
+    assert len(trajectories.read_jsonl(tmp_path / trajectories.JSONL_NAME)) == 7
     capsys.readouterr()
     assert cli.main(args + ["--limit", "8"]) == 0
     assert len(count_trajectories) == 9
@@ -133,6 +133,7 @@ def test_two_models_side_by_side(tmp_path, tiny_model_dir, capsys):
     assert (out_dir / report.PNG_NAME).read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.trainer
 def test_demo_runs_failures_training_and_eval_and_shows_the_mask(tmp_path, tiny_default, capsys):
     assert cli.main(["demo", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -298,6 +299,8 @@ def test_the_recipe_gives_eval_its_loop_settings_and_flags_override(tmp_path, ti
     config.write_text(
         "- name: reflect_retry\n"
         "  _target_: verl_reflect.agent_loop.ReflectRetryAgentLoop\n"
+        "  reflection_prompt: Why was it wrong?\n"
+        "  retry_prompt: Try again.\n"
         "  max_reflections: 2\n"
         "  max_attempt_tokens: 5\n"
         "  max_reflection_tokens: 3\n"
@@ -315,9 +318,18 @@ def test_the_recipe_gives_eval_its_loop_settings_and_flags_override(tmp_path, ti
         assert max(n for kind, n in generated if kind != "reflection") == 4
 
 
+def test_an_agent_loop_entry_without_its_prompts_is_one_line(tmp_path, tiny_default, capsys):
+    config = tmp_path / "loop.yaml"
+    config.write_text("- name: reflect_retry\n  _target_: verl_reflect.agent_loop.ReflectRetryAgentLoop\n")
+    override = f"actor_rollout_ref.rollout.agent.agent_loop_config_path={config}"
+    assert cli.main(["eval", override, "--limit", "1", "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "reflection_prompt" in err and "retry_prompt" in err
+
+
 def test_flags_override_the_recipes_lengths_and_sampling(tiny_default):
     argv = ["--recipe", "countdown_qwen2.5-1.5b", "actor_rollout_ref.rollout.val_kwargs.top_p=0.5"]
-    loop_recipe = recipe.load_recipe(ev.build_parser().parse_args(argv), recipe.validation_sampling)
+    loop_recipe = recipe.load_recipe(evaluate.build_parser().parse_args(argv), recipe.validation_sampling)
     rollout = loop_recipe.config.actor_rollout_ref.rollout
     assert (rollout.prompt_length, rollout.response_length) == (1024, 2048)
     assert loop_recipe.entry.max_attempt_tokens == 640  # recipes/agent_loops/countdown.yaml
@@ -329,13 +341,13 @@ def test_flags_override_the_recipes_lengths_and_sampling(tiny_default):
         "logprobs": True,  # rollout.calculate_log_probs: the trainer asks for them
     }
     argv += ["--response-length", "300", "--temperature", "0.7", "--top-k", "5", "--max-reflection-tokens", "9"]
-    loop_recipe = recipe.load_recipe(ev.build_parser().parse_args(argv), recipe.validation_sampling)
+    loop_recipe = recipe.load_recipe(evaluate.build_parser().parse_args(argv), recipe.validation_sampling)
     assert loop_recipe.name == "countdown_qwen2.5-1.5b"
     assert loop_recipe.config.actor_rollout_ref.rollout.response_length == 300
     assert loop_recipe.entry.max_reflection_tokens == 9
     assert (loop_recipe.sampling["temperature"], loop_recipe.sampling["top_k"]) == (0.7, 5)
     # build-failures samples as a training step does.
-    training = recipe.load_recipe(ev.build_parser().parse_args(argv[:2]), recipe.training_sampling)
+    training = recipe.load_recipe(evaluate.build_parser().parse_args(argv[:2]), recipe.training_sampling)
     assert training.sampling["temperature"] == 1.0
 
 

@@ -9,10 +9,10 @@ import re
 import pytest
 from verl.workers.rollout.replica import TokenOutput
 
-from verl_reflect import cli, data, recipe, runner
-from verl_reflect import eval as ev
-from verl_reflect.cli_support import UserError
-from verl_reflect.failures import build_failures, keep_failures
+from verl_reflect import data
+from verl_reflect.commands import cli, evaluate, recipe, runner
+from verl_reflect.commands.build_failures import build_failures, keep_failures
+from verl_reflect.commands.errors import UserError
 
 K = 4
 
@@ -33,7 +33,7 @@ def _row(a: int, b: int, index: int) -> dict:
 
 def _runner(model_dir, backend, *flags: str) -> runner.Runner:
     """A runner of the default (tiny) recipe with ``flags`` applied, generating with ``backend``."""
-    loop_recipe = recipe.load_recipe(ev.build_parser().parse_args(list(flags)), recipe.training_sampling)
+    loop_recipe = recipe.load_recipe(evaluate.build_parser().parse_args(list(flags)), recipe.training_sampling)
     return runner.Runner(runner.ModelSpec(model_dir, "scripted"), backend, loop_recipe)
 
 
@@ -212,13 +212,14 @@ def test_a_built_failure_set_replays_through_verls_dataset(tmp_path, tiny_model_
     import datasets
     import numpy as np
     import torch
+    from loop_helpers import standalone_kwargs
     from omegaconf import OmegaConf
     from tensordict.tensorclass import NonTensorStack
     from verl.utils import tensordict_utils as tu
     from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
 
-    from verl_reflect.agent_loop import ReflectRetryAgentLoop, standalone_kwargs
-    from verl_reflect.backend import HFBackend
+    from verl_reflect.agent_loop import ReflectRetryAgentLoop
+    from verl_reflect.cpu.generation import HFBackend
 
     monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))

@@ -21,10 +21,11 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.workers.rollout.replica import TokenOutput
 
-from verl_reflect import data, recipe, runner
-from verl_reflect import eval as ev
+from verl_reflect import data
 from verl_reflect.advantage import compute_reflect_grpo_advantage
 from verl_reflect.agent_loop import ReflectRetryAgentLoop
+from verl_reflect.commands import evaluate, recipe, runner
+from verl_reflect.commands.main_ppo import main_ppo_command
 
 REPO = Path(__file__).resolve().parents[1]
 # The GPU recipes; countdown_tiny_cpu is checked by running it (tests/test_trainer.py).
@@ -143,7 +144,7 @@ def test_a_launch_without_training_data_stops_and_says_what_to_set():
     # Regression: the recipes once said `train_files: ???`, which OmegaConf drops when merging over verl's own
     # default, so a launch without data.train_files went on with verl's GSM8K paths.
     result = subprocess.run(
-        recipe.main_ppo_command(RECIPES[0], ["data.val_files=/data/test.parquet"]),
+        main_ppo_command(RECIPES[0], ["data.val_files=/data/test.parquet"]),
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
     assert result.returncode != 0
@@ -155,7 +156,7 @@ def test_the_readme_training_command_composes():
     # `--cfg job` makes verl's own entry point compose and print the config, then exit before training.
     name = RECIPES[0]
     result = subprocess.run(
-        recipe.main_ppo_command(name, [*DATA, "--cfg", "job"]),
+        main_ppo_command(name, [*DATA, "--cfg", "job"]),
         capture_output=True,
         text=True,
         timeout=300,
@@ -184,7 +185,7 @@ class _AnswerServer:
 def test_eval_and_build_failures_generate_with_the_recipe_agent_loop(tiny_model_dir, tiny_tokenizer):
     # --recipe brings the recipe's reflect_retry entry, never attempt: replay (first tries are measured), even on a
     # failure-set row.
-    args = ev.build_parser().parse_args(["--recipe", "countdown_qwen2.5-1.5b", "--model", str(tiny_model_dir)])
+    args = evaluate.build_parser().parse_args(["--recipe", "countdown_qwen2.5-1.5b", "--model", str(tiny_model_dir)])
     loop_recipe = recipe.load_recipe(args, recipe.validation_sampling)
     assert loop_recipe.entry.max_attempt_tokens == 640
     (spec,) = runner.resolve_models([args.model], loop_recipe)
@@ -241,7 +242,7 @@ def _trainer_loop(name: str, overrides: list[str]):
 
 def _eval_loop(argv: list[str]):
     """The loop ``verl-reflect eval <argv>`` runs, and its sampling params."""
-    args = ev.build_parser().parse_args(argv)
+    args = evaluate.build_parser().parse_args(argv)
     loop_recipe = recipe.load_recipe(args, recipe.validation_sampling)
     (spec,) = runner.resolve_models([args.model], loop_recipe)
     model_runner = runner.Runner(spec, None, loop_recipe)

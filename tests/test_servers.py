@@ -11,9 +11,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from verl_reflect import cli, recipe, store
-from verl_reflect.cli_support import UserError
-from verl_reflect.servers import standalone_rollout
+from verl_reflect.commands import cli, recipe, trajectories
+from verl_reflect.commands.errors import UserError
+from verl_reflect.commands.verl_servers import standalone_rollout
 
 
 @pytest.fixture
@@ -37,6 +37,7 @@ def _records(path):
     return sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda r: r["index"])
 
 
+@pytest.mark.trainer
 def test_eval_through_verls_standalone_servers_matches_in_process_generation(
     tmp_path, tiny_default, client_outputs, capsys
 ):
@@ -50,8 +51,8 @@ def test_eval_through_verls_standalone_servers_matches_in_process_generation(
     assert capsys.readouterr().out.replace("verl/", "hf/") == table  # stdout is the table alone, as in-process
 
     # Greedy validation sampling on the same weights: the server path changes where tokens come from, not which.
-    served = _records(tmp_path / "verl" / store.JSONL_NAME)
-    assert served == _records(tmp_path / "hf" / store.JSONL_NAME)
+    served = _records(tmp_path / "verl" / trajectories.JSONL_NAME)
+    assert served == _records(tmp_path / "hf" / trajectories.JSONL_NAME)
     # Every turn came through verl's client, with the fields a real server sends.
     assert len(client_outputs) == sum(len(r["turns"]) for r in served)
     for output in client_outputs:
@@ -60,6 +61,7 @@ def test_eval_through_verls_standalone_servers_matches_in_process_generation(
     assert not ray.is_initialized()  # close() shut down the Ray it started, servers with it
 
 
+@pytest.mark.trainer
 def test_build_failures_through_verls_standalone_servers(tmp_path, tiny_default, client_outputs):
     out = tmp_path / "failures.parquet"
     argv = ["build-failures", "--limit", "3", "--k", "2", "--backend", "verl", "--out", str(out)]
@@ -90,20 +92,21 @@ def test_standalone_rollout_takes_this_machines_gpus():
     assert (rollout.nnodes, rollout.n_gpus_per_node) == (2, 8)
 
 
-def test_a_rollout_that_is_not_installed_is_one_line(tmp_path, tiny_default, capsys):
-    argv = ["eval", "--backend", "verl", "actor_rollout_ref.rollout.name=sglang", "--out-dir", str(tmp_path / "o")]
+def test_a_rollout_that_is_not_available_is_one_line(tmp_path, tiny_default, capsys):
+    argv = ["eval", "--backend", "verl", "actor_rollout_ref.rollout.name=no_such_rollout", "--out-dir", str(tmp_path / "o")]
     rc = cli.main(argv)
     assert rc == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("verl-reflect: error: rollout 'sglang' is not available here") and len(err.splitlines()) == 1
+    assert err.startswith("verl-reflect: error: rollout 'no_such_rollout' is not available here") and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 
-def test_default_backend_is_verls_servers_on_a_gpu(monkeypatch):
+def test_default_backend_is_verls_servers_on_a_gpu_and_hf_on_a_cpu(monkeypatch):
     import torch
 
-    from verl_reflect import eval as ev
+    from verl_reflect.commands import evaluate
 
-    assert ev.build_parser().parse_args([]).backend == "hf"  # this CPU machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert evaluate.build_parser().parse_args([]).backend == "hf"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert ev.build_parser().parse_args([]).backend == "verl"
+    assert evaluate.build_parser().parse_args([]).backend == "verl"

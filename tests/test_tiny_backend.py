@@ -9,10 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from verl_reflect import backend as backend_mod
-from verl_reflect import data, tiny
-from verl_reflect.backend import HFBackend, make_backend
-from verl_reflect.cli_support import UserError
+from verl_reflect import data
+from verl_reflect.commands.backends import make_backend
+from verl_reflect.commands.errors import UserError
+from verl_reflect.cpu import tiny
+from verl_reflect.cpu.generation import HFBackend, Sampling
 
 PROMPTS = [
     "Using the numbers [3, 7, 25, 50], create an equation that equals 81.",
@@ -94,6 +95,19 @@ def hf(tiny_model_dir):
     return HFBackend(tiny_model_dir, device="cpu")
 
 
+@pytest.fixture
+def batch_sizes(hf, monkeypatch) -> list[int]:
+    """The size of every batch ``hf`` decodes while the test runs."""
+    sizes, decode = [], hf.decode
+
+    def recording_decode(prompts, samplings):
+        sizes.append(len(prompts))
+        return decode(prompts, samplings)
+
+    monkeypatch.setattr(hf, "decode", recording_decode)
+    return sizes
+
+
 def _chat_ids(tok, content: str) -> list[int]:
     encoded = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
     return list(encoded["input_ids"])
@@ -122,11 +136,11 @@ def _gather(hf: HFBackend, prompts: list[list[int]], params: list[dict]) -> list
     return asyncio.run(main())
 
 
-def test_batched_greedy_matches_unbatched_generate(hf):
+def test_batched_greedy_matches_unbatched_generate(hf, batch_sizes):
     prompts = [_chat_ids(hf.tokenizer, p) for p in PROMPTS]
     assert len({len(p) for p in prompts}) == len(prompts)  # different lengths: real left padding
     outs = _gather(hf, prompts, [{**GREEDY, "max_tokens": 12}] * len(prompts))
-    assert hf.batch_sizes[-1] == len(prompts)
+    assert batch_sizes == [len(prompts)]
     for prompt, out in zip(prompts, outs):
         assert out.token_ids == _reference_greedy(hf, prompt, 12)
         assert out.stop_reason == "completed"
@@ -190,11 +204,10 @@ def test_concurrent_requests_share_forward_passes(hf):
     assert all(len(o.token_ids) <= 5 for o in outs)
 
 
-def test_different_sampling_params_are_batched_separately(hf):
+def test_different_sampling_params_are_batched_separately(hf, batch_sizes):
     prompt = _chat_ids(hf.tokenizer, "hi")
-    before = len(hf.batch_sizes)
     _gather(hf, [prompt] * 4, [{**GREEDY, "max_tokens": 2}] * 2 + [{"temperature": 0.7, "max_tokens": 2}] * 2)
-    assert sorted(hf.batch_sizes[before:]) == [2, 2]
+    assert sorted(batch_sizes) == [2, 2]
 
 
 def test_eos_is_included_and_no_padding_leaks(hf):
@@ -242,17 +255,17 @@ def test_natural_eos_from_the_tiny_model(hf):
 def test_top_k_top_p_and_their_logprobs():
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).repeat(200, 1)
     gens = [torch.Generator().manual_seed(i) for i in range(200)]
-    top2 = backend_mod.Sampling(max_tokens=1, temperature=1.0, top_k=2)
+    top2 = Sampling(max_tokens=1, temperature=1.0, top_k=2)
     tokens, logp = HFBackend._sample(logits, top2, None, gens)
     assert set(tokens.tolist()) == {2, 3}  # only the two best, both drawn
     kept = torch.tensor([2.0, 3.0]).log_softmax(-1)  # renormalised over what top-k kept
     assert torch.allclose(logp, kept[tokens - 2])
     # p(3) = 0.64 already covers top_p = 0.5: nothing else may be drawn, and its logprob is 0.
-    nucleus = backend_mod.Sampling(max_tokens=1, temperature=1.0, top_p=0.5)
+    nucleus = Sampling(max_tokens=1, temperature=1.0, top_p=0.5)
     tokens, logp = HFBackend._sample(logits, nucleus, None, gens)
     assert set(tokens.tolist()) == {3} and torch.allclose(logp, torch.zeros(200))
     # Greedy ignores the generators and reports the plain log-softmax.
-    greedy = backend_mod.Sampling(max_tokens=1, temperature=0.0)
+    greedy = Sampling(max_tokens=1, temperature=0.0)
     tokens, logp = HFBackend._sample(logits[:1], greedy, None, gens[:1])
     assert tokens.tolist() == [3] and logp.item() == pytest.approx(logits[0].log_softmax(-1)[3].item())
 

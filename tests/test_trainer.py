@@ -25,8 +25,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from verl_reflect import data, failures
-from verl_reflect.recipe import main_ppo_command
+from verl_reflect import data
+from verl_reflect.commands import build_failures
+from verl_reflect.commands.main_ppo import MainPPORun, run_main_ppo
+
+pytestmark = pytest.mark.trainer
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 2
@@ -53,7 +56,7 @@ def build_failure_set(train: Path, out: Path, cache_dir: Path, *overrides: str) 
     os.environ["VERL_REFLECT_CACHE"] = str(cache_dir)
     try:
         argv = ["--data", str(train), "--out", str(out), "--k", "1", "--recipe", "countdown_tiny_cpu", *overrides]
-        failures.main(argv)
+        build_failures.main(argv)
     finally:
         sys.path.remove(str(FIXTURES))
         if old_cache is None:
@@ -63,59 +66,51 @@ def build_failure_set(train: Path, out: Path, cache_dir: Path, *overrides: str) 
     return out
 
 
-def run_main_ppo(
+def train(
     tmp_path: Path, cache_dir: Path, data_source: str, *overrides: str, failure_set=False, splits=None
-) -> dict:
-    """Train ``STEPS`` steps; returns the exit code, the per-step metrics and the output folders.
+) -> MainPPORun:
+    """Train ``STEPS`` steps through the harness every command uses.
 
     ``failure_set``: train on what ``verl-reflect build-failures`` keeps of the train split (replayed attempts).
     ``splits``: the train and test parquet (default: Countdown prompts scored by ``data_source``).
     """
-    train, test = splits or write_task_data(tmp_path, data_source)
+    train_file, test = splits or write_task_data(tmp_path, data_source)
     if failure_set:
-        train = build_failure_set(train, tmp_path / "failures.parquet", cache_dir, *overrides)
-    metrics_path = tmp_path / "metrics.jsonl"
-    command = main_ppo_command(
+        train_file = build_failure_set(train_file, tmp_path / "failures.parquet", cache_dir, *overrides)
+    return run_main_ppo(
         "countdown_tiny_cpu",
         [
-            f"data.train_files={train}",
+            f"data.train_files={train_file}",
             f"data.val_files={test}",
             f"trainer.total_training_steps={STEPS}",
-            f"trainer.default_local_dir={tmp_path / 'checkpoints'}",
             f"trainer.rollout_data_dir={tmp_path / 'rollouts'}",
-            "trainer.logger=[console,file]",
             *overrides,
         ],
+        out_dir=tmp_path,
+        cwd=REPO,
+        timeout=900,
+        progress=False,
+        env={
+            "VERL_REFLECT_CACHE": str(cache_dir),  # the tiny model this test session already built
+            "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
+        },
     )
-    env = {
-        **os.environ,
-        "VERL_PLATFORM": "cpu",
-        "VERL_FILE_LOGGER_PATH": str(metrics_path),
-        "VERL_REFLECT_CACHE": str(cache_dir),  # the tiny model this test session already built
-        "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    steps = []
-    if metrics_path.exists():
-        steps = [json.loads(line)["data"] for line in metrics_path.read_text().splitlines() if line.strip()]
-    return {"proc": proc, "steps": steps, "dir": tmp_path}
 
 
-def check_ran(run: dict) -> None:
-    proc = run["proc"]
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert [step["training/global_step"] for step in run["steps"]] == list(range(1, STEPS + 1))
+def check_ran(run: MainPPORun) -> None:
+    assert run.returncode == 0, run.log[-4000:]
+    assert [step["training/global_step"] for step in run.steps] == list(range(1, STEPS + 1))
 
 
 def trained_rows(run: dict, step: int) -> list[dict]:
-    path = run["dir"] / "rollouts" / f"trained_{step}.jsonl"
+    path = run.out_dir / "rollouts" / f"trained_{step}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
 def parity_run(tmp_path_factory, tiny_model_dir):
     # A large learning rate moves the policy far in one step, so a rollout server left on stale weights shows.
-    return run_main_ppo(
+    return train(
         tmp_path_factory.mktemp("parity"),
         tiny_model_dir.parent,
         "toy_tasks.parity",
@@ -126,12 +121,12 @@ def parity_run(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def first_try_run(tmp_path_factory, tiny_model_dir):
-    return run_main_ppo(tmp_path_factory.mktemp("first_try"), tiny_model_dir.parent, "toy_tasks.first_try")
+    return train(tmp_path_factory.mktemp("first_try"), tiny_model_dir.parent, "toy_tasks.first_try")
 
 
 def test_main_ppo_trains_every_step_and_logs_reflect_metrics(parity_run):
     check_ran(parity_run)
-    for step in parity_run["steps"]:
+    for step in parity_run.steps:
         for key in ("reflect/first_try_correct", "reflect/final_correct", "reflect/reflected", "actor/pg_loss"):
             assert math.isfinite(step[key]), key
         assert step["reflect/skipped_update"] == 0.0
@@ -166,7 +161,7 @@ def test_every_row_of_a_group_replays_the_groups_stored_failure(parity_run):
     check_ran(parity_run)
     stored = {
         row["extra_info"]["index"]: row["failed_attempts"][0]["token_ids"]
-        for row in data.read_rows(parity_run["dir"] / "failures.parquet")
+        for row in data.read_rows(parity_run.out_dir / "failures.parquet")
     }
     for step in range(1, STEPS + 1):
         attempts_by_group: dict[str, set] = {}
@@ -184,13 +179,13 @@ def test_every_row_of_a_group_replays_the_groups_stored_failure(parity_run):
 def test_weights_change_and_the_rollout_server_samples_from_them(parity_run, tiny_model_dir):
     check_ran(parity_run)
     trained = load_file(
-        parity_run["dir"] / "checkpoints" / f"global_step_{STEPS}" / "actor" / "huggingface" / "model.safetensors"
+        parity_run.checkpoint(STEPS) / "model.safetensors"
     )
     initial = load_file(tiny_model_dir / "model.safetensors")
     assert trained.keys() == initial.keys()
     assert max((trained[name] - initial[name]).abs().max().item() for name in initial) > 1e-3
     # Rollout log-probs against the actor's own: without a weight sync after step 1 this is ~7e-4 here.
-    for step in parity_run["steps"]:
+    for step in parity_run.steps:
         assert step["training/rollout_probs_diff_max"] < 2e-4
     # Every trajectory of step 2 was generated on the weights synced after step 1.
     assert {row["weights_version"] for row in trained_rows(parity_run, 2)} == {1}
@@ -198,19 +193,19 @@ def test_weights_change_and_the_rollout_server_samples_from_them(parity_run, tin
 
 def test_validation_reports_reflect_stats_per_data_source(parity_run):
     check_ran(parity_run)
-    last = parity_run["steps"][-1]
+    last = parity_run.steps[-1]
     for stat in ("first_try_correct", "final_correct", "reflection_tokens"):
         assert f"val-aux/toy_tasks.parity/{stat}/mean@1" in last
 
 
 def test_saved_checkpoint_loads_in_eval_compare_model(parity_run, tiny_model_dir, tmp_path):
     check_ran(parity_run)
-    checkpoint = parity_run["dir"] / "checkpoints" / f"global_step_{STEPS}" / "actor" / "huggingface"
+    checkpoint = parity_run.checkpoint(STEPS)
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
-            "verl_reflect.cli",
+            "verl_reflect.commands.cli",
             "eval",
             "--compare-model",
             str(checkpoint),
@@ -233,7 +228,7 @@ def test_saved_checkpoint_loads_in_eval_compare_model(parity_run, tiny_model_dir
 
 def test_a_step_with_no_reflection_token_skips_the_update_without_crashing(first_try_run):
     check_ran(first_try_run)
-    for step in first_try_run["steps"]:
+    for step in first_try_run.steps:
         assert step["reflect/reflected"] == 0.0 and step["reflect/first_try_correct"] == 1.0
         assert step["reflect/skipped_update"] == 1.0
         assert "actor/pg_loss" not in step  # no forward/backward pass was spent
@@ -273,7 +268,7 @@ def write_reverse_task(directory: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def reverse_run(tmp_path_factory, tiny_model_dir):
     tmp_path = tmp_path_factory.mktemp("reverse")
-    return run_main_ppo(
+    return train(
         tmp_path,
         tiny_model_dir.parent,
         "toy_tasks.reverse",
@@ -287,7 +282,7 @@ def test_a_task_added_in_the_tests_only_builds_failures_trains_and_validates(rev
     from transformers import AutoTokenizer
 
     check_ran(reverse_run)
-    failure_rows = data.read_rows(reverse_run["dir"] / "failures.parquet")
+    failure_rows = data.read_rows(reverse_run.out_dir / "failures.parquet")
     assert {row["data_source"] for row in failure_rows} == {"toy_tasks.reverse"} and len(failure_rows) == 8
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     for step in range(1, STEPS + 1):
@@ -298,5 +293,5 @@ def test_a_task_added_in_the_tests_only_builds_failures_trains_and_validates(rev
             attempt_end = turns["attempt"]["start"] + turns["attempt"]["num_tokens"]
             request = tokenizer.decode(row["response_ids"][attempt_end : turns["reflection"]["start"]])
             assert "Say which letters you misplaced." in request
-    last = reverse_run["steps"][-1]
+    last = reverse_run.steps[-1]
     assert "val-aux/toy_tasks.reverse/final_correct/mean@1" in last

@@ -5,13 +5,13 @@ The ``vllm`` tier shares its vLLM starts between checks, in one module-scoped pi
 
 1. ``build-failures --backend verl`` starts vLLM standalone through verl's ``LLMServerManager`` (greedy, k=1) and keeps
    the same rows, with the same failed attempts token for token, as in-process ``--backend hf``;
-2. ``python -m verl.trainer.main_ppo`` with ``countdown_tiny_cpu +cpu=vllm`` (the shared recipe's vLLM rollout
-   section, the CPU changes of ``recipes/cpu/vllm.yaml``) trains 2 steps on that failure set, replayed: the trainer's
+2. ``python -m verl.trainer.main_ppo`` with ``countdown_tiny_cpu +cpu=vllm`` (the shared recipes' vLLM rollout
+   section, the CPU changes of ``recipes/cpu/vllm.yaml``; through ``commands.main_ppo.run_main_ppo``) trains 2 steps on that failure set, replayed: the trainer's
    ``trained_<step>.jsonl`` dump is checked against the chat template, the masks, the reflect metrics and the
    weight sync (``training/rollout_probs_diff_max``; ``VERL_REFLECT_VLLM_SKIP_SYNCS=1`` in the environment makes
    vLLM ignore every sync after the first, and that test fails);
 3. ``eval --backend verl`` on vLLM gives the same records as ``--backend hf`` (greedy, float32 on both);
-4. ``dry-run`` of a GPU recipe keeps its vLLM rollout.
+``dry-run`` keeps a GPU recipe's vLLM rollout in ``tests/test_dry_run.py``'s trainer steps (the default here).
 
 After each, no process of the run is left and no vLLM file stays in ``/dev/shm``.
 """
@@ -22,8 +22,6 @@ import contextlib
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -32,8 +30,11 @@ import pytest
 import torch
 import yaml
 
-from verl_reflect import cli, data, tiny, vllm_cpu
-from verl_reflect.recipe import compose, main_ppo_command
+from verl_reflect import data
+from verl_reflect.commands import cli, trainer_step_check, vllm_residue
+from verl_reflect.commands.main_ppo import run_main_ppo
+from verl_reflect.commands.recipe import compose
+from verl_reflect.cpu import tiny, vllm_sync
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -43,7 +44,7 @@ TRAIN_PROMPTS = 96
 RUN_MARKER = "VERL_REFLECT_TEST_RUN"
 # Greedy and float32 on both sides: the backends compute the same math; bf16 (the recipes' rollout dtype) would
 # round differently in vLLM's and transformers' kernels and flip near-tied argmaxes of the random tiny model.
-VLLM_STANDALONE = ["actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.dtype=float32"]
+VLLM_STANDALONE = [trainer_step_check.VLLM_ON_CPU, "actor_rollout_ref.rollout.dtype=float32"]
 
 
 
@@ -71,14 +72,14 @@ def processes_of(marker: str) -> list[int]:
 
 def vllm_shm_left(before: set[str]) -> set[str]:
     """vLLM's shared-memory files that appeared since ``before`` and that no live process holds."""
-    return {n for n in vllm_cpu.shm_names() - before if vllm_cpu.is_vllm_shm(n)} - vllm_cpu.shm_in_use()
+    return {n for n in vllm_residue.shm_names() - before if vllm_residue.is_vllm_shm(n)} - vllm_residue.shm_in_use()
 
 
 @contextlib.contextmanager
 def one_run():
     """Marks the processes started inside (through the environment they inherit); afterwards asserts that none is
     alive (Ray and vLLM take some seconds to go) and that no vLLM file of the run is left in /dev/shm."""
-    marker, before = uuid.uuid4().hex, vllm_cpu.shm_names()
+    marker, before = uuid.uuid4().hex, vllm_residue.shm_names()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(RUN_MARKER, marker)
         # A Ray of its own, as on a machine alone: ray.init() without an address joins the cluster another user's
@@ -119,32 +120,25 @@ def pipeline(tmp_path_factory, tiny_model_dir):
             out["seconds"][f"build-failures {backend}"] = time.monotonic() - start
 
         start = time.monotonic()
-        metrics = tmp / "metrics.jsonl"
-        command = main_ppo_command(
-            "countdown_tiny_cpu",
-            [
-                vllm_cpu.CPU_GROUP,
-                f"data.train_files={tmp / 'failures_verl.parquet'}",
-                f"data.val_files={test}",
-                f"trainer.total_training_steps={STEPS}",
-                f"trainer.default_local_dir={tmp / 'checkpoints'}",
-                f"trainer.rollout_data_dir={tmp / 'rollouts'}",
-                "trainer.logger=[console,file]",
-                "trainer.save_freq=-1",
-                # A large learning rate moves the policy far in one step, so a rollout left on stale weights shows.
-                "actor_rollout_ref.actor.optim.lr=1e-2",
-            ],
-        )
-        env = {
-            **os.environ,
-            "VERL_PLATFORM": "cpu",
-            "VERL_FILE_LOGGER_PATH": str(metrics),
-            "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
-        }
-        with one_run(), vllm_cpu.removing_vllm_shm():  # main_ppo leaves vLLM's files; the tests remove them
-            env[RUN_MARKER] = os.environ[RUN_MARKER]
-            out["main_ppo"] = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-        out["steps"] = [json.loads(line)["data"] for line in metrics.read_text().splitlines()] if metrics.exists() else []
+        with one_run():  # run_main_ppo removes the vLLM files the run leaves in /dev/shm
+            out["main_ppo"] = run_main_ppo(
+                "countdown_tiny_cpu",
+                [
+                    trainer_step_check.VLLM_ON_CPU,
+                    f"data.train_files={tmp / 'failures_verl.parquet'}",
+                    f"data.val_files={test}",
+                    f"trainer.total_training_steps={STEPS}",
+                    f"trainer.rollout_data_dir={tmp / 'rollouts'}",
+                    "trainer.save_freq=-1",
+                    # A large learning rate moves the policy far in one step: a rollout on stale weights shows.
+                    "actor_rollout_ref.actor.optim.lr=1e-2",
+                ],
+                out_dir=tmp / "main_ppo",
+                cwd=REPO,
+                env={"PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")])},
+                timeout=900,
+                progress=False,
+            )
         out["seconds"]["main_ppo"] = time.monotonic() - start
 
         for backend in ("hf", "verl"):
@@ -158,10 +152,10 @@ def pipeline(tmp_path_factory, tiny_model_dir):
 
 
 def ran(pipeline) -> list[dict]:
-    proc = pipeline["main_ppo"]
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert [step["training/global_step"] for step in pipeline["steps"]] == list(range(1, STEPS + 1))
-    return pipeline["steps"]
+    run = pipeline["main_ppo"]
+    assert run.returncode == 0, run.log[-4000:]
+    assert [step["training/global_step"] for step in run.steps] == list(range(1, STEPS + 1))
+    return run.steps
 
 
 def trained_rows(pipeline, step: int) -> list[dict]:
@@ -252,53 +246,33 @@ def test_eval_on_vllm_gives_the_records_of_in_process_generation(pipeline):
     assert served == records("hf")  # verdicts, turn texts, token layouts
 
 
-@vllm_tier
-def test_dry_run_keeps_the_recipes_vllm_rollout(tiny_model_dir):
-    env = {**os.environ, "VERL_REFLECT_CACHE": str(tiny_model_dir.parent)}
-    with one_run():
-        env[RUN_MARKER] = os.environ[RUN_MARKER]
-        proc = subprocess.run(
-            [sys.executable, "-m", "verl_reflect.cli", "dry-run", "--config-name", "countdown_qwen2.5-1.5b"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    step = next(line for line in proc.stdout.splitlines() if "trainer step" in line)
-    assert step.startswith("✓ trainer step: 1 step of main_ppo on CPU") and "vllm rollout: the recipe's" in step
-
-
 # ----------------------------------------------------------------------------- fast: no vLLM needed
 
 
 def test_dry_run_falls_back_to_hf_without_vllm_and_says_why(monkeypatch):
-    from verl_reflect import cpu_step
+    from verl_reflect.commands.config_checks import Recipe
+    from verl_reflect.commands.recipe import RECIPES_DIR
 
+    check = trainer_step_check
     cfg = compose("countdown_qwen2.5-1.5b")
-    monkeypatch.setattr(vllm_cpu, "cpu_build_installed", lambda: True)
-    assert cpu_step.step_rollout(cfg, None) == ("vllm", "the recipe's, with recipes/cpu/vllm.yaml")
-    vllm_overrides = cpu_step.cpu_overrides("vllm")
-    assert vllm_cpu.CPU_GROUP in vllm_overrides
-    assert not any(o.startswith("++actor_rollout_ref.rollout.name=") for o in vllm_overrides)
-    assert cpu_step.step_rollout(cfg, "hf") == ("hf", "--step-rollout hf")
-    monkeypatch.setattr(vllm_cpu, "cpu_build_installed", lambda: False)
-    rollout, why = cpu_step.step_rollout(cfg, None)
+    recipe = Recipe(RECIPES_DIR, "countdown_qwen2.5-1.5b", [], cfg=cfg)
+    monkeypatch.setattr(vllm_sync, "cpu_build_installed", lambda: True)
+    assert check.step_rollout(cfg, None) == ("vllm", "the recipe's, with recipes/cpu/vllm.yaml")
+    vllm_step = check.step_overrides(recipe, Path("train.parquet"), 2, "vllm")
+    assert check.VLLM_ON_CPU in vllm_step
+    assert not any(o.startswith("++actor_rollout_ref.rollout.name=") for o in vllm_step)
+    assert check.step_rollout(cfg, "hf") == ("hf", "--step-rollout hf")
+    monkeypatch.setattr(vllm_sync, "cpu_build_installed", lambda: False)
+    rollout, why = check.step_rollout(cfg, None)
     assert rollout == "hf" and "not installed" in why
-    assert "++actor_rollout_ref.rollout.name=hf" in cpu_step.cpu_overrides("hf")
-    assert vllm_cpu.CPU_GROUP not in cpu_step.cpu_overrides("hf")
+    hf_step = check.step_overrides(recipe, Path("train.parquet"), 2, "hf")
+    assert "++actor_rollout_ref.rollout.name=hf" in hf_step and check.VLLM_ON_CPU not in hf_step
 
 
-def test_the_cpu_changes_live_in_one_file_and_merge_as_the_group_composes():
-    from omegaconf import OmegaConf
-
-    composed = compose("countdown_qwen2.5-1.5b", [vllm_cpu.CPU_GROUP])
-    merged = vllm_cpu.with_cpu_group(compose("countdown_qwen2.5-1.5b"))
-    for key in ("actor_rollout_ref.rollout", "ray_kwargs"):
-        assert OmegaConf.to_container(OmegaConf.select(merged, key)) == OmegaConf.to_container(
-            OmegaConf.select(composed, key)
-        )
+def test_the_cpu_changes_a_vllm_rollout_needs_are_one_group_that_leaves_the_rest_of_the_recipe():
+    composed = compose("countdown_qwen2.5-1.5b", [trainer_step_check.VLLM_ON_CPU])
+    env_vars = composed.ray_kwargs.ray_init.runtime_env.env_vars
+    assert (env_vars.VLLM_CPU_KVCACHE_SPACE, env_vars.VERL_PLATFORM) == ("1", "cpu")
     rollout = composed.actor_rollout_ref.rollout
     assert (rollout.enforce_eager, rollout.free_cache_engine, rollout.enable_sleep_mode) == (True, False, False)
     # Only CPU changes: the recipe's own rollout settings stay.
@@ -309,7 +283,7 @@ def test_the_cpu_changes_live_in_one_file_and_merge_as_the_group_composes():
 
 def test_vllm_cpu_linear_layers_read_their_live_weight():
     packed = []
-    dispatch = vllm_cpu._live_weight_dispatch(lambda layer, remove_weight: packed.append(layer))
+    dispatch = vllm_sync._live_weight_dispatch(lambda layer, remove_weight: packed.append(layer))
     linear = torch.nn.Linear(4, 3)
     weight = linear.weight
     dispatch(linear, remove_weight=True)
@@ -324,11 +298,11 @@ def test_vllm_cpu_linear_layers_read_their_live_weight():
 
 
 def test_vllm_shm_cleanup_removes_only_the_runs_unheld_vllm_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(vllm_cpu, "SHM_DIR", tmp_path)
+    monkeypatch.setattr(vllm_residue, "SHM_DIR", tmp_path)
     (tmp_path / "psm_before").touch()
-    before = vllm_cpu.shm_names()
+    before = vllm_residue.shm_names()
     for name in ("psm_new", "sem.mp-new", "psm_held", "torch_other"):
         (tmp_path / name).touch()
     with open(tmp_path / "psm_held") as held:  # another live run's file
-        assert vllm_cpu.remove_vllm_shm(before, wait_s=0) == ["psm_new", "sem.mp-new"]
-    assert sorted(vllm_cpu.shm_names()) == ["psm_before", "psm_held", "torch_other"]
+        assert vllm_residue.remove_vllm_shm(before, wait_s=0) == ["psm_new", "sem.mp-new"]
+    assert sorted(vllm_residue.shm_names()) == ["psm_before", "psm_held", "torch_other"]

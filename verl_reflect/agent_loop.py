@@ -29,10 +29,8 @@ import os
 from typing import Any, Optional
 from uuid import uuid4
 
-from omegaconf import OmegaConf
-from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, DictConfigWrap, register
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
 from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
-from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.profiler import simple_timer
 from verl.utils.rollout_trace import rollout_trace_op
 from verl.utils.tokenizer.continuous_token import ContinuousTokenBuilder, MergeResult
@@ -44,11 +42,6 @@ from verl_reflect.turn_boundary import TemplateTurnBoundary, template_end_of_tur
 logger = logging.getLogger(__file__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
-DEFAULT_REFLECTION_PROMPT = (
-    "Your answer was wrong. Reflect on what went wrong: in a few sentences, explain the mistake "
-    "and how to avoid it. Do not give the answer yet."
-)
-DEFAULT_RETRY_PROMPT = "Now try again, using your reflection. Give the final answer in the same format as before."
 ATTEMPT_MODES = ("generate", "replay")
 
 
@@ -85,7 +78,8 @@ class ReflectRetryAgentLoop(AgentLoopBase):
     """Attempt; on failure reflect and retry, up to ``max_reflections`` rounds. Reflection tokens are the trained span.
 
     Args (constructor kwargs, set per recipe in the ``agent_loop_config_path`` YAML):
-        reflection_prompt: user turn asking for a self-reflection after a failed attempt.
+        reflection_prompt: user turn asking for a self-reflection after a failed attempt. Required, like
+            ``retry_prompt``: the YAML is their one source, so an entry without them fails at start.
         retry_prompt: user turn asking for a new attempt with the reflection in context.
         max_reflections: reflect-retry rounds after a failed first attempt (the paper uses 1).
         max_attempt_tokens: cap on each attempt and retry; None = whatever is left of ``response_length``.
@@ -100,8 +94,8 @@ class ReflectRetryAgentLoop(AgentLoopBase):
     def __init__(
         self,
         *args,
-        reflection_prompt: str = DEFAULT_REFLECTION_PROMPT,
-        retry_prompt: str = DEFAULT_RETRY_PROMPT,
+        reflection_prompt: str,
+        retry_prompt: str,
         max_reflections: int = 1,
         max_attempt_tokens: Optional[int] = None,
         max_reflection_tokens: Optional[int] = None,
@@ -385,28 +379,3 @@ class _StoredAttemptServer:
             stop_reason="completed",
             num_preempted=0,
         )
-
-
-def standalone_kwargs(
-    tokenizer, *, prompt_length: int, response_length: int, hf_model_type: Optional[str] = None
-) -> dict[str, Any]:
-    """The constructor kwargs verl's AgentLoopWorker passes an agent loop, for running one outside the trainer.
-
-    ``trainer_config`` holds only the slice of verl's config the loops read. Use as
-    ``ReflectRetryAgentLoop(server_manager=..., **standalone_kwargs(tok, ...), max_reflections=...)``,
-    inside a running event loop (``AgentLoopBase`` captures it).
-    """
-    config = OmegaConf.create(
-        {
-            "actor_rollout_ref": {"rollout": {"prompt_length": prompt_length, "response_length": response_length}},
-            "data": {"apply_chat_template_kwargs": {}},
-        }
-    )
-    return {
-        "trainer_config": DictConfigWrap(config),
-        "tokenizer": tokenizer,
-        "processor": None,
-        "dataset_cls": RLHFDataset,
-        "data_config": DictConfigWrap(config.data),
-        "hf_model_type": hf_model_type,
-    }

@@ -17,7 +17,7 @@ Every row has the columns verl's ``RLHFDataset`` reads (see ``verl/utils/dataset
 The ground truth is always a JSON string, whatever the task, so files of different tasks share one
 parquet schema and can be mixed in one training run.
 
-A failure set written by ``verl-reflect build-failures`` (``verl_reflect/failures.py``) has the same
+A failure set written by ``verl-reflect build-failures`` (``verl_reflect/commands/build_failures.py``) has the same
 columns, ``agent_name`` set to ``reflect_retry_failures``, ``extra_info.source_index`` (the row's index in
 the input) and one more column, the failed first attempts the loop can replay (``attempt: replay``):
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from verl_reflect.cli_support import ArgumentParser, UserError, positive_int
+from verl_reflect.commands.errors import ArgumentParser, UserError, positive_int
 from verl_reflect.data.countdown import countdown_splits
 from verl_reflect.data.function_calling import SAMPLE_XLAM, function_calling_rows, load_xlam
 from verl_reflect.data.rows import write_parquet

@@ -7,7 +7,7 @@ import random
 
 from tqdm import tqdm
 
-from verl_reflect.cli_support import UserError
+from verl_reflect.commands.errors import UserError
 from verl_reflect.data.rows import check_positive, make_row
 
 # The TinyZero Countdown prompt (Pan et al., 2025), which the paper's Countdown runs follow,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from verl_reflect.cli_support import UserError
+from verl_reflect.commands.errors import UserError
 from verl_reflect.data.rows import make_row
 
 SAMPLE_XLAM = Path(__file__).resolve().parents[1] / "samples" / "xlam_sample.json"

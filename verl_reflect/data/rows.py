@@ -7,7 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from verl_reflect.cli_support import UserError, atomic_path
+from verl_reflect.commands.errors import UserError
+from verl_reflect.commands.files import atomic_path
 
 AGENT_NAME = "reflect_retry"
 # The agent-loop entry failure-set rows run under: the recipes' YAML sets it to replay the stored attempt,

@@ -5,7 +5,7 @@ verl starts standalone servers the way its separate-async trainer starts its ext
 ``get_client()`` returns the ``LLMServerClient`` that verl's AgentLoopWorker hands every agent loop as its
 ``server_manager``. ``VerlServers`` is that client, so the reflect-retry loop generates through the same client,
 load balancer and server as in training: vLLM or SGLang with the recipe's rollout settings, or, on a CPU, the
-``hf`` rollout the CPU trainer serves with (``verl_reflect/hf_rollout.py``).
+``hf`` rollout the CPU trainer serves with (``verl_reflect/cpu/hf_rollout.py``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect import vllm_cpu
-from verl_reflect.cli_support import UserError
+from verl_reflect.commands import vllm_residue
+from verl_reflect.commands.errors import UserError
 
 
 def replica_gpus(rollout: DictConfig) -> int:
@@ -79,9 +79,6 @@ class VerlServers:
             raise UserError(
                 f"rollout {name!r} is not available here ({type(err).__name__}: {err}); install it, or use --backend hf"
             ) from None
-        if name == "vllm" and not torch.cuda.is_available():
-            # vLLM's CPU build: the recipe's rollout with the CPU changes of recipes/cpu/vllm.yaml merged in.
-            config = vllm_cpu.with_cpu_group(config)
         self.config = standalone_rollout(
             config, model_path, torch.cuda.device_count() if torch.cuda.is_available() else None
         )
@@ -90,7 +87,7 @@ class VerlServers:
         # Minutes for a large model on vLLM, with verl's own logs the only sign of life: say what is happening.
         print(f"starting {replicas} standalone {name} rollout server(s) for {model_path} (verl)", file=sys.stderr)
         # vLLM leaves shared-memory files behind when Ray ends its servers: close() removes them.
-        self._shm_before = vllm_cpu.shm_names() if name == "vllm" else None
+        self._shm_before = vllm_residue.shm_names() if name == "vllm" else None
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
             ray_init = OmegaConf.to_container(self.config.ray_kwargs.get("ray_init", {}))
@@ -110,4 +107,4 @@ class VerlServers:
         if self._started_ray:
             ray.shutdown()
             if self._shm_before is not None:
-                vllm_cpu.remove_vllm_shm(self._shm_before)
+                vllm_residue.remove_vllm_shm(self._shm_before)

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect.recipe import RECIPES_DIR
+from verl_reflect.commands.recipe import RECIPES_DIR
 
 USER_TURN_OVERHEAD = 16  # chat-template tokens around an appended user turn and the next assistant header
 PASS, FAIL, SKIP = "✓", "✗", "-"

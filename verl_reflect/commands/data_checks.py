@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect.cli_support import UserError
-from verl_reflect.recipe_checks import Check, Recipe, failed, one_line, passed, skipped, verl_agent_loop_path
+from verl_reflect.commands.config_checks import Check, Recipe, failed, one_line, passed, skipped, verl_agent_loop_path
+from verl_reflect.commands.errors import UserError
 
 # -----------------------------------------------------------------------------
 # The data: the user's parquet, or generated rows of the recipe's task.

@@ -9,32 +9,24 @@ computes ``torch.nn.functional.linear`` on its live weight instead (vLLM's own f
 next token is sampled from. The tiny model's GEMMs are small; what is lost is kernel speed, which a CPU run of the
 GPU recipes does not measure.
 
-Applied by ``verl_reflect.cpu`` under ``VERL_PLATFORM=cpu`` only, in every process that imports the plugin: vLLM's
+Applied by ``verl_reflect.cpu.platform`` under ``VERL_PLATFORM=cpu`` only, in every process that imports the plugin: vLLM's
 worker process imports verl (its ``worker_extension_cls``) and so the plugin before it loads the model. A GPU run
 never reaches this code.
 
 ``VERL_REFLECT_VLLM_SKIP_SYNCS=1`` is a control for the tests: the worker takes the first sync (verl starts vLLM on
 dummy weights) and ignores every later one, so the rollout samples from stale weights and the weight-sync test must
-fail (``tests/test_vllm_cpu.py``).
+fail (``tests/test_vllm_cpu.py``). The CPU settings verl's vLLM rollout needs are ``recipes/cpu/vllm.yaml``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fnmatch
 import importlib.metadata
 import importlib.util
 import os
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
 SKIP_SYNCS = "VERL_REFLECT_VLLM_SKIP_SYNCS"
-# The Hydra override that appends the CPU changes a recipe's vLLM rollout needs (``recipes/cpu/vllm.yaml``, the one
-# place they live), as ``main_ppo``, ``dry-run`` and the tests compose it.
-CPU_GROUP = "+cpu=vllm"
 
 
 def installed() -> bool:
@@ -93,80 +85,3 @@ def _skip_syncs_after_the_first() -> None:
     update_weights_from_ipc.skips_syncs = True
     extension.update_weights_from_ipc = update_weights_from_ipc
 
-
-def with_cpu_group(cfg):
-    """A composed recipe ``cfg`` with ``recipes/cpu/vllm.yaml`` merged over it, as ``+cpu=vllm`` would have composed
-    it (the file is ``# @package _global_``): for ``eval``/``build-failures --backend verl`` on a CPU."""
-    from omegaconf import OmegaConf
-
-    from verl_reflect.recipe import RECIPES_DIR
-
-    cfg = cfg.copy()
-    OmegaConf.set_struct(cfg, False)  # as Hydra's composition of a group adds keys the base config lacks
-    merged = OmegaConf.merge(cfg, OmegaConf.load(RECIPES_DIR / "cpu" / "vllm.yaml"))
-    OmegaConf.set_struct(merged, True)
-    return merged
-
-
-# What a vLLM server leaves in /dev/shm when Ray ends it (Ray kills its actors; vLLM's engine never unlinks): its
-# shared-memory message queues and object storage (Python's ``SharedMemory``: ``psm_<hex>``, 160 and 240 MiB for the
-# tiny model) and a multiprocessing semaphore (``sem.mp-<id>``). verl's own weight buckets (``verl_weights_*``) are
-# unlinked by verl.
-SHM_DIR = Path("/dev/shm")
-VLLM_SHM = ("psm_*", "sem.mp-*")
-
-
-@contextlib.contextmanager
-def removing_vllm_shm() -> Iterator[None]:
-    """Around a run that starts vLLM servers: afterwards, remove the vLLM shared-memory files that appeared in
-    ``/dev/shm`` during it and that no live process holds (other runs' files in use stay)."""
-    before = shm_names()
-    try:
-        yield
-    finally:
-        remove_vllm_shm(before)
-
-
-def remove_vllm_shm(before: set[str], wait_s: float = 30.0) -> list[str]:
-    """Unlink the vLLM shared-memory files not in ``before`` that no live process maps or has open; returns them.
-    Waits up to ``wait_s`` for the run's processes to let go of them (vLLM's engine outlives Ray's shutdown briefly)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        new = {name for name in shm_names() - before if is_vllm_shm(name)}
-        held = new & shm_in_use()
-        if not held or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    removed = sorted(new - held)
-    for name in removed:
-        with contextlib.suppress(FileNotFoundError):
-            (SHM_DIR / name).unlink()
-    return removed
-
-
-def is_vllm_shm(name: str) -> bool:
-    return any(fnmatch.fnmatch(name, pattern) for pattern in VLLM_SHM)
-
-
-def shm_names() -> set[str]:
-    return set(os.listdir(SHM_DIR)) if SHM_DIR.is_dir() else set()
-
-
-def shm_in_use() -> set[str]:
-    """Names under /dev/shm that a live process maps (``/proc/<pid>/maps``) or has open (``/proc/<pid>/fd``)."""
-    prefix = f"{SHM_DIR}/"
-    held = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-                fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
-                path = fields[5] if len(fields) == 6 else ""
-                if path.startswith(prefix):
-                    held.add(path[len(prefix) :].removesuffix(" (deleted)"))
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if target.startswith(prefix):
-                        held.add(target[len(prefix) :])
-    return held

@@ -78,17 +78,14 @@ VOCAB_SIZE = 1024
 MODEL_CONFIG = dict(
     hidden_size=64,
     num_hidden_layers=2,
-    num_attention_heads=2,
+    num_attention_heads=2,  # head_dim 32: vLLM's CPU attention takes head sizes 32-512
     num_key_value_heads=1,
     intermediate_size=128,
     max_position_embeddings=4096,
     # Untied: with tied embeddings a random model just repeats its last input token.
     tie_word_embeddings=False,
 )
-# Picked among 0-5 with 2 heads / 1 KV head (head_dim 32, vLLM's CPU attention minimum): 8 of 8 sampled 64-token
-# turns run to the cap, with the most distinct tokens (297), and a greedy turn runs to the cap too (seeds 2, 3, 5
-# stop some samples early).
-SEED = 4
+SEED = 8  # picked among 0-9: the most varied greedy text (103 distinct tokens on 16 prompts), some turns end on <|im_end|>
 
 
 def build_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
@@ -174,31 +171,3 @@ def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def register_resolver() -> None:
-    """The resolvers recipes name, registered by ``verl_reflect.register`` (the trainer) and before a recipe is
-    composed:
-
-    - ``${verl_reflect.tiny_model:}``: the tiny model's directory, built on first use, so recipes name it without a
-      path to fill in;
-    - ``${verl_reflect.required:data.train_files}``: a value the launch command must set. Recipes cannot use ``???``
-      for keys verl's own config already sets: OmegaConf keeps the earlier value (verl's GSM8K paths) when it
-      merges a missing one over it.
-    """
-    from omegaconf import OmegaConf
-
-    def required(key: str):
-        raise ValueError(f"{key} is not set: add {key}=<path> to the command (see the recipe's header)")
-
-    OmegaConf.register_new_resolver("verl_reflect.tiny_model", lambda: str(default_model_dir()), replace=True)
-    OmegaConf.register_new_resolver("verl_reflect.required", required, replace=True)
-
-
-def is_required(cfg, key: str) -> bool:
-    """``key`` (``data.train_files``) still holds the recipe's ``${verl_reflect.required:...}``: nobody set it."""
-    from omegaconf import OmegaConf
-
-    parent, _, leaf = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    return node is not None and "${verl_reflect.required:" in str(OmegaConf.to_container(node)[leaf])

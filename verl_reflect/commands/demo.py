@@ -14,17 +14,13 @@ pipeline, the masks and the numbers, not the method's gain.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import time
 from pathlib import Path
 
-from tqdm import tqdm
-
-from verl_reflect import data, failures, recipe, report, runner, store
-from verl_reflect import eval as eval_cmd
-from verl_reflect.cli_support import ArgumentParser, UserError
-from verl_reflect.recipe import RECIPES_DIR
+from verl_reflect import data
+from verl_reflect.commands import build_failures, evaluate, report, runner, trajectories
+from verl_reflect.commands.errors import ArgumentParser, UserError
+from verl_reflect.commands.main_ppo import run_main_ppo
+from verl_reflect.commands.recipe import RECIPES_DIR
 
 RECIPE = "countdown_tiny_cpu"
 AGENT_LOOP_CONFIG = RECIPES_DIR / "agent_loops" / "countdown_tiny.yaml"  # absolute: main_ppo runs from any directory
@@ -39,9 +35,9 @@ STEP_COLUMNS = {  # per-step metric -> column title
 }
 
 
-def main_ppo_command(train: Path, test: Path, out_dir: Path, steps: int) -> list[str]:
-    """The README's CPU training command, with the demo's data and output folders."""
-    return recipe.main_ppo_command(
+def train(train: Path, test: Path, out_dir: Path, steps: int) -> tuple[Path, list[dict]]:
+    """The README's CPU training command on the demo's data; returns the HF checkpoint and the step metrics."""
+    run = run_main_ppo(
         RECIPE,
         [
             f"data.train_files={train}",
@@ -50,45 +46,23 @@ def main_ppo_command(train: Path, test: Path, out_dir: Path, steps: int) -> list
             f"trainer.total_training_steps={steps}",
             f"trainer.save_freq={steps}",
             f"trainer.test_freq={steps}",
-            f"trainer.default_local_dir={out_dir / 'checkpoints'}",
-            "trainer.logger=[console,file]",
         ],
+        out_dir=out_dir,
     )
-
-
-def train(train: Path, test: Path, out_dir: Path, steps: int) -> tuple[Path, list[dict]]:
-    """Run main_ppo as a subprocess (its log in ``out_dir/train.log``); returns the HF checkpoint and step metrics."""
-    metrics_path, log_path = out_dir / "train_metrics.jsonl", out_dir / "train.log"
-    metrics_path.unlink(missing_ok=True)
-    env = {**os.environ, "VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(metrics_path)}
-    with open(log_path, "w") as log, tqdm(total=steps, desc="main_ppo", unit="step", dynamic_ncols=True) as bar:
-        proc = subprocess.Popen(
-            main_ppo_command(train, test, out_dir, steps), stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-        while proc.poll() is None:
-            time.sleep(1)
-            bar.update(len(_read_steps(metrics_path)) - bar.n)
-        bar.update(len(_read_steps(metrics_path)) - bar.n)
-    if proc.returncode != 0:
-        raise UserError(f"main_ppo exited with code {proc.returncode}; its log: {log_path}")
-    checkpoint = out_dir / "checkpoints" / f"global_step_{steps}" / "actor" / "huggingface"
-    return checkpoint, _read_steps(metrics_path)
-
-
-def _read_steps(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line)["data"] for line in path.read_text().splitlines() if line.strip()]
+    if run.returncode != 0:
+        raise UserError(f"main_ppo exited with code {run.returncode} ({run.last_error()}); its log: {run.log_path}")
+    return run.checkpoint(steps), run.steps
 
 
 def format_steps(steps: list[dict]) -> str:
     """One row per training step: the reflect metrics verl-reflect's trainer logs."""
-    titles = ["step", *STEP_COLUMNS.values()]
-    lines = ["  ".join(f"{title:>{max(len(title), 6)}}" for title in titles)]
-    for step in steps:
-        cells = [f"{step['training/global_step']:>4}"] + [f"{step.get(key, float('nan')):.2f}" for key in STEP_COLUMNS]
-        lines.append("  ".join(f"{cell:>{max(len(title), 6)}}" for cell, title in zip(cells, titles)))
-    return "\n".join(lines)
+    import pandas as pd
+
+    table = pd.DataFrame(
+        [{title: step.get(key, float("nan")) for key, title in STEP_COLUMNS.items()} for step in steps],
+        index=pd.Index([step["training/global_step"] for step in steps], name="step"),
+    )
+    return table.to_string(float_format="{:.2f}".format)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n2. failure set: the training prompts the base model fails (2 first attempts each)")
     failure_set = out_dir / "data" / "failures.parquet"
-    failures.main(
+    build_failures.main(
         [
             "--data",
             str(out_dir / "data" / "train.parquet"),
@@ -127,14 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
 
-    print(f"\n3. training: {args.steps} steps of verl's main_ppo on CPU ({RECIPE}; log: {out_dir / 'train.log'})")
+    print(f"\n3. training: {args.steps} steps of verl's main_ppo on CPU ({RECIPE}; log: {out_dir / 'main_ppo.log'})")
     checkpoint, steps = train(failure_set, out_dir / "data" / "test.parquet", out_dir, args.steps)
     print(format_steps(steps))
     print(f"checkpoint: {checkpoint}")
 
     print("\n4. evaluation: base vs trained, first try vs after one reflection")
-    (out_dir / store.JSONL_NAME).unlink(missing_ok=True)  # a fresh run: the demo is about watching it happen
-    eval_args = eval_cmd.build_parser().parse_args(
+    (out_dir / trajectories.JSONL_NAME).unlink(missing_ok=True)  # a fresh run: the demo is about watching it happen
+    eval_args = evaluate.build_parser().parse_args(
         [
             "--compare-model",
             str(checkpoint),
@@ -146,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             str(out_dir),
         ]
     )
-    eval_cmd.run_eval(eval_args)
+    evaluate.run_eval(eval_args)
 
-    records = store.read_jsonl(out_dir / store.JSONL_NAME)
+    records = trajectories.read_jsonl(out_dir / trajectories.JSONL_NAME)
     reflected = sorted((r for r in records if r["num_reflections"] > 0), key=lambda r: (r["model"], r["index"]))
     if reflected:
         r = reflected[0]

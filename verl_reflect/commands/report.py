@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from verl_reflect.cli_support import atomic_path
-from verl_reflect.store import read_jsonl
+from verl_reflect.commands.files import atomic_path
+from verl_reflect.commands.trajectories import read_jsonl
 
 PNG_NAME = "accuracy.png"
 

@@ -26,10 +26,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect import cpu_step, data_checks, recipe_checks, tiny
-from verl_reflect.cli_support import ArgumentParser, UserError, positive_int
-from verl_reflect.recipe import RECIPES_DIR, compose_unresolved, override_key, recipe_names
-from verl_reflect.recipe_checks import FAIL, Check, Recipe, failed, one_line, skipped
+from verl_reflect import resolvers
+from verl_reflect.commands import config_checks, data_checks, trainer_step_check
+from verl_reflect.commands.config_checks import FAIL, Check, Recipe, failed, one_line, skipped
+from verl_reflect.commands.errors import ArgumentParser, UserError, positive_int
+from verl_reflect.commands.recipe import RECIPES_DIR, compose_unresolved, override_key, recipe_names
 
 
 def compose_recipe(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig:
@@ -52,7 +53,7 @@ def compose_recipe(config_dir: Path, config_name: str, overrides: list[str]) -> 
 def gpu_summary(cfg: DictConfig) -> str:
     """What the real run does per step on its GPUs."""
     try:
-        plan = recipe_checks.batch_plan(cfg)
+        plan = config_checks.batch_plan(cfg)
         prompt, response = int(cfg.data.max_prompt_length), int(cfg.data.max_response_length)
     except Exception:
         return "on GPUs: cannot tell (batch settings missing)"
@@ -78,12 +79,12 @@ def static_checks(recipe: Recipe) -> list[Check]:
     checks = [
         guarded(check, recipe)
         for check in (
-            recipe_checks.check_verl_validation,
-            recipe_checks.check_batch_arithmetic,
-            recipe_checks.check_estimator,
-            recipe_checks.check_agent_loop_config,  # before the budget and agent-name checks: they read its entries
-            recipe_checks.check_response_budget,
-            recipe_checks.check_reward_function,
+            config_checks.check_verl_validation,
+            config_checks.check_batch_arithmetic,
+            config_checks.check_estimator,
+            config_checks.check_agent_loop_config,  # before the budget and agent-name checks: they read its entries
+            config_checks.check_response_budget,
+            config_checks.check_reward_function,
             data_checks.check_data_columns,
         )
     ]
@@ -113,7 +114,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--step-timeout", type=positive_int, default=1200, help="seconds for the CPU step")
     parser.add_argument(
         "--step-rollout",
-        choices=cpu_step.ROLLOUTS,
+        choices=trainer_step_check.ROLLOUTS,
         help="the CPU step's rollout: the recipe's own vLLM rollout (the default where vLLM is installed) or hf",
     )
     return parser
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data is None and given:  # data.train_files on the command line instead of --data: check that file
         args.data = Path(given[-1]).absolute()
     for key in ("data.train_files", "data.val_files"):  # a recipe that leaves them to the command still validates
-        if OmegaConf.is_missing(cfg, key) or tiny.is_required(cfg, key):
+        if OmegaConf.is_missing(cfg, key) or resolvers.is_required(cfg, key):
             OmegaConf.update(cfg, key, str(args.data or "dry-run-generated.parquet"))
     recipe = Recipe(config_dir, args.config_name, overrides, cfg, data_path=args.data)
     try:
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         step = skipped("trainer step", "skipped (fix the failures above first)")
     else:
         print("  (one main_ppo step on CPU: about 2 minutes on 2 cores)", flush=True)
-        step = guarded(cpu_step.check_trainer_step, recipe, args.rows, args.step_timeout, args.step_rollout)
+        step = guarded(trainer_step_check.check_trainer_step, recipe, args.rows, args.step_timeout, args.step_rollout)
     checks.append(step)
     print(step.line())
     print(gpu_summary(recipe.cfg))

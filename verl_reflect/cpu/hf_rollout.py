@@ -28,7 +28,7 @@ class HFServer:
     """
 
     def __init__(self, model_path: str, max_batch_size: int):
-        from verl_reflect.backend import HFBackend
+        from verl_reflect.cpu.generation import HFBackend
 
         self.backend = HFBackend(model_path, device="cpu", max_batch_size=max_batch_size)
         self.global_steps: Optional[int] = None

@@ -12,16 +12,20 @@ function) is one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import os
 import sys
 
-from verl_reflect import data, demo, dry_run, failures
-from verl_reflect import eval as eval_cmd  # not `eval`: that would shadow the builtin
-from verl_reflect.cli_support import run_command
+# verl imports vLLM wherever it is installed, and vLLM logs to stdout: a command's stdout is its table.
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+
+from verl_reflect import data  # noqa: E402
+from verl_reflect.commands import build_failures, demo, dry_run, evaluate  # noqa: E402
+from verl_reflect.commands.errors import run_command  # noqa: E402
 
 COMMANDS = {
     "demo": (demo.main, "the whole pipeline on a CPU with the embedded tiny model: failures, training, eval"),
-    "eval": (eval_cmd.main, "first-try vs after-reflection accuracy (optionally --compare-model)"),
-    "build-failures": (failures.main, "keep the prompts a model fails, as a training parquet"),
+    "eval": (evaluate.main, "first-try vs after-reflection accuracy (optionally --compare-model)"),
+    "build-failures": (build_failures.main, "keep the prompts a model fails, as a training parquet"),
     "data": (data.main, "write Countdown / function-calling parquet files"),
     "dry-run": (dry_run.main, "check a recipe on this CPU before GPU time is spent: static checks, one trainer step"),
 }

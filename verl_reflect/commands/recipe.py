@@ -15,36 +15,21 @@ import contextlib
 import io
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect import tiny
-from verl_reflect.backend import check_model_dir
-from verl_reflect.cli_support import UserError
+from verl_reflect import resolvers
+from verl_reflect.commands.backends import check_model_dir
+from verl_reflect.commands.errors import UserError
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 # The embedded tiny model and its small CPU budget: what runs when no --recipe and no --model are given.
 DEFAULT_RECIPE = "countdown_tiny_cpu"
 EVAL_AGENT_LOOP = "reflect_retry"
-
-
-def main_ppo_command(config_name: str, overrides: Iterable[str] = (), config_dir: Path = RECIPES_DIR) -> list[str]:
-    """``python -m verl.trainer.main_ppo`` on a recipe, as the README launches it (an absolute ``--config-path``:
-    Hydra resolves a relative one against verl's package), as an argv for ``subprocess``."""
-    return [
-        sys.executable,
-        "-m",
-        "verl.trainer.main_ppo",
-        "--config-path",
-        str(config_dir),
-        "--config-name",
-        config_name,
-        *overrides,
-    ]
 
 
 def recipe_file(recipe: str) -> Path:
@@ -78,7 +63,7 @@ def compose(recipe: str = DEFAULT_RECIPE, overrides: list[str] = ()) -> DictConf
     from omegaconf.errors import OmegaConfBaseException
 
     # Only the resolver the tiny recipe names: importing verl_reflect.register (the trainer's plugins) costs seconds.
-    tiny.register_resolver()
+    resolvers.register_resolvers()
     path = recipe_file(recipe)
     try:
         # eval and build-failures read their rows from --data, never the recipe's training files.
@@ -163,21 +148,25 @@ def build_loop(cfg: DictConfig, entry: DictConfig, *, server_manager: Any, token
     the entry's settings; ``dataset_cls`` defaults to ``dataset_class(cfg)``). Call it inside the running event
     loop: ``AgentLoopBase`` captures it."""
     import hydra
+    from hydra.errors import InstantiationException
     from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
 
     dataset_cls = kwargs.pop("dataset_cls", None) or dataset_class(cfg)
-    return hydra.utils.instantiate(
-        config=entry,
-        trainer_config=DictConfigWrap(config=cfg),
-        server_manager=server_manager,
-        tokenizer=tokenizer,
-        processor=None,  # text-only tasks: verl's HFModelConfig has no processor for them either
-        hf_model_type=hf_model_type,
-        dataset_cls=dataset_cls,
-        data_config=DictConfigWrap(cfg.data),
-        tools=ToolListWrap([]),  # the recipes configure no tools
-        **kwargs,
-    )
+    try:
+        return hydra.utils.instantiate(
+            config=entry,
+            trainer_config=DictConfigWrap(config=cfg),
+            server_manager=server_manager,
+            tokenizer=tokenizer,
+            processor=None,  # text-only tasks: verl's HFModelConfig has no processor for them either
+            hf_model_type=hf_model_type,
+            dataset_cls=dataset_cls,
+            data_config=DictConfigWrap(cfg.data),
+            tools=ToolListWrap([]),  # the recipes configure no tools
+            **kwargs,
+        )
+    except InstantiationException as err:  # a bad entry in the agent-loop YAML: the user's file, one line
+        raise UserError(f"agent loop {entry.get('name')!r}: {err.__cause__ or err}") from None
 
 
 # Flags that override the recipe's agent-loop entry (ReflectRetryAgentLoop kwargs), its rollout section, and the

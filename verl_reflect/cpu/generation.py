@@ -3,7 +3,7 @@
 verl's agent loops call ``await server_manager.generate(request_id, prompt_ids=..., sampling_params=...)``
 and get a ``TokenOutput`` back. ``HFBackend`` answers the same call, so the reflect-retry agent loop runs
 unchanged in ``verl-reflect eval`` / ``build-failures``, and it is the generation behind the CPU training path's
-``hf`` rollout server (``verl_reflect/hf_rollout.py``): transformers on CPU or GPU, concurrent calls batched into one
+``hf`` rollout server (``verl_reflect/cpu/hf_rollout.py``): transformers on CPU or GPU, concurrent calls batched into one
 forward per step.
 
 Sampling params are the ones verl sends (see ``AgentLoopWorker`` and ``vllm_async_server.py``):
@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-
-from verl_reflect.cli_support import UserError
 
 if TYPE_CHECKING:
     from verl.workers.rollout.replica import TokenOutput
@@ -101,7 +99,6 @@ class HFBackend:
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
-        self.batch_sizes: list[int] = []  # one entry per decoded batch: how well calls were batched
         self._queue: list[_Request] = []
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None  # held so the task is not garbage-collected
@@ -149,7 +146,6 @@ class HFBackend:
                 batch = [r for r in batch if not r.future.cancelled()]
                 if not batch:
                     continue
-                self.batch_sizes.append(len(batch))
                 try:
                     results = await asyncio.to_thread(
                         self.decode, [r.prompt_ids for r in batch], [r.sampling for r in batch]
@@ -254,40 +250,3 @@ class HFBackend:
         probs = logp.exp()
         token = torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)])
         return token, logp.gather(1, token[:, None])[:, 0]
-
-
-# The backends ``eval`` and ``build-failures`` take: ``verl`` is verl's own rollout servers, started standalone
-# (``verl_reflect/servers.py``), the ones training generates with; ``hf`` is HFBackend in this process.
-BACKENDS = ("hf", "verl")
-
-
-def default_backend() -> str:
-    """``verl`` on a GPU machine (the recipe's vLLM servers), ``hf`` on a CPU: the backend the CPU trainer's
-    ``hf`` rollout serves with, in-process, without starting Ray."""
-    return "verl" if torch.cuda.is_available() else "hf"
-
-
-def check_model_dir(model_path: str | Path) -> Path:
-    """``model_path`` as a Path if it holds a Hugging Face model (a ``config.json``), else a UserError."""
-    path = Path(model_path)
-    if not (path / "config.json").is_file():
-        what = "does not exist" if not path.exists() else "has no config.json"
-        raise UserError(f"model path {str(model_path)!r} {what} (give a local Hugging Face model directory)")
-    return path
-
-
-def make_backend(
-    model_path: str | Path, backend: str = "hf", *, config: Any = None, max_batch_size: int = 16, **kwargs: Any
-) -> Any:
-    """The generation backend for a local model directory: ``HFBackend`` (``kwargs`` go to it), or the recipe
-    ``config``'s rollout servers serving it (``VerlServers``)."""
-    path = check_model_dir(model_path)
-    if backend == "hf":
-        return HFBackend(path, max_batch_size=max_batch_size, **kwargs)
-    if backend == "verl":
-        if config is None:
-            raise ValueError("backend 'verl' starts the recipe's rollout servers: pass the composed recipe as config")
-        from verl_reflect.servers import VerlServers
-
-        return VerlServers(config, path)
-    raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")

@@ -2,10 +2,10 @@
 
     verl-reflect eval [--recipe NAME [KEY=VALUE ...]] [--model DIR [--compare-model DIR]] [--data test.parquet]
         [--out-dir eval_out]
-    python -m verl_reflect.eval ...
+    python -m verl_reflect.commands.evaluate ...
 
 Every row runs through the loop verl trains with (attempt; on failure reflect, then retry), built from the
-recipe exactly as verl's AgentLoopWorker builds it (``verl_reflect.recipe``): the recipe's ``reflect_retry``
+recipe exactly as verl's AgentLoopWorker builds it (``verl_reflect.commands.recipe``): the recipe's ``reflect_retry``
 entry, its prompt/response lengths and its validation sampling (``rollout.val_kwargs``); flags override them.
 On a GPU machine generation runs on the recipe's own rollout servers (vLLM), started standalone; on a CPU, on
 the transformers backend the CPU trainer's ``hf`` rollout serves with, in this process (``--backend``).
@@ -26,11 +26,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from verl_reflect import recipe
-from verl_reflect.backend import make_backend
-from verl_reflect.cli_support import ArgumentParser, UserError, run_command
-from verl_reflect.report import PNG_NAME, report
-from verl_reflect.runner import (
+from verl_reflect.commands import recipe
+from verl_reflect.commands.backends import make_backend
+from verl_reflect.commands.errors import ArgumentParser, UserError, run_command
+from verl_reflect.commands.report import PNG_NAME, report
+from verl_reflect.commands.runner import (
     Runner,
     add_run_args,
     as_completed_limited,
@@ -38,7 +38,7 @@ from verl_reflect.runner import (
     quiet_transformers,
     resolve_models,
 )
-from verl_reflect.store import JSONL_NAME, open_for_append, prompt_key, read_jsonl
+from verl_reflect.commands.trajectories import JSONL_NAME, open_for_append, prompt_key, read_jsonl
 
 
 def evaluate(

@@ -1,14 +1,10 @@
-"""What every verl-reflect command shares: one-line user errors and all-or-nothing output files."""
+"""Bad user input, as every verl-reflect command reports it: one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 
 class UserError(Exception):
@@ -40,21 +36,3 @@ def run_command(main: Callable[[list[str] | None], int | None], argv: list[str] 
     except KeyboardInterrupt:
         print("verl-reflect: interrupted", file=sys.stderr)
         return 130
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block finishes.
-
-    A crash or Ctrl-C mid-write leaves no half-written file behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -18,10 +18,12 @@ from typing import Any
 from tqdm.asyncio import tqdm as tqdm_asyncio
 
 from reward_fns import get_compute_score
-from verl_reflect import data, recipe, tiny
-from verl_reflect.backend import BACKENDS, check_model_dir, default_backend
-from verl_reflect.cli_support import UserError, positive_int
-from verl_reflect.recipe import LoopRecipe
+from verl_reflect import data
+from verl_reflect.commands import recipe
+from verl_reflect.commands.backends import BACKENDS, check_model_dir, default_backend
+from verl_reflect.commands.errors import UserError, positive_int
+from verl_reflect.commands.recipe import LoopRecipe
+from verl_reflect.cpu import tiny
 
 TINY_LABEL = "tiny-random"
 DEFAULT_TEST_ROWS = 16  # size of the in-memory Countdown split used when --data is not given

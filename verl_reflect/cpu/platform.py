@@ -1,7 +1,7 @@
 """verl's real trainer on a CPU: the ``cpu`` device platform.
 
 verl 0.9.1 trains on accelerators only: it knows no CPU platform, and its rollout backends need GPUs (the
-``hf`` rollout, ``verl_reflect/hf_rollout.py``, is the CPU's). The platform plugs in through verl's own registry
+``hf`` rollout, ``verl_reflect/cpu/hf_rollout.py``, is the CPU's). The platform plugs in through verl's own registry
 and is inert unless selected:
 
     VERL_PLATFORM=cpu                  the ``cpu`` platform (verl's own override variable; never auto-detected)
@@ -152,9 +152,9 @@ def _enable_cpu_training() -> None:
 
     engine_workers.initialize_global_process_group_ray = init_gloo_process_group
     # verl's vLLM rollout, where vLLM's CPU build is installed: syncs must reach vLLM's CPU linear layers.
-    from verl_reflect import vllm_cpu
+    from verl_reflect.cpu import vllm_sync
 
-    vllm_cpu.enable()
+    vllm_sync.enable()
 
 
 if os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu":

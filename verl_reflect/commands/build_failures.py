@@ -23,10 +23,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from verl_reflect import data, recipe
-from verl_reflect.backend import make_backend
-from verl_reflect.cli_support import ArgumentParser, UserError, run_command
-from verl_reflect.runner import (
+from verl_reflect import data
+from verl_reflect.commands import recipe
+from verl_reflect.commands.backends import make_backend
+from verl_reflect.commands.errors import ArgumentParser, UserError, run_command
+from verl_reflect.commands.runner import (
     Runner,
     add_run_args,
     as_completed_limited,

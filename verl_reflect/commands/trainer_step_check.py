@@ -1,28 +1,26 @@
 """The dry run's dynamic check: one real ``main_ppo`` step on CPU with the recipe unchanged except what a CPU needs.
 
 What a CPU needs (the embedded tiny model, one process) is read from the CPU recipe; the step runs a few rows of the
-data with ``rollout.n`` capped, and its metrics come back through verl's file logger. The rollout is the recipe's
-own vLLM rollout wherever vLLM's CPU build is installed, with only the CPU changes of ``recipes/cpu/vllm.yaml``,
-so a shared recipe's rollout section runs before GPU time; elsewhere, the CPU recipe's ``hf`` rollout.
+data with ``rollout.n`` capped, and its metrics come back through verl's file logger. The rollout is the recipe's own
+vLLM rollout wherever vLLM's CPU build is installed, with only the CPU changes of ``recipes/cpu/vllm.yaml``, so a shared
+recipe's rollout section runs before GPU time; elsewhere, the CPU recipe's ``hf`` rollout.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from verl_reflect import vllm_cpu
-from verl_reflect.recipe import RECIPES_DIR, main_ppo_command, override_key
-from verl_reflect.recipe_checks import Check, Recipe, failed, passed, verl_agent_loop_path
+from verl_reflect.commands.config_checks import Check, Recipe, failed, passed, verl_agent_loop_path
+from verl_reflect.commands.main_ppo import run_main_ppo
+from verl_reflect.commands.recipe import RECIPES_DIR, override_key
+from verl_reflect.cpu import vllm_sync
 
 # The CPU recipe is the one place the values a 2-core CPU needs live; the dry run takes these keys from it.
 CPU_RECIPE = RECIPES_DIR / "countdown_tiny_cpu.yaml"
@@ -49,27 +47,40 @@ CPU_KEYS = (
 MAX_STEP_GROUP = 4  # rollout.n on CPU: enough for a GRPO group with spread, small enough for 2 cores
 
 
+# The CPU changes a recipe's vLLM rollout needs, as a Hydra config group (recipes/cpu/vllm.yaml, their one place).
+VLLM_ON_CPU = "+cpu=vllm"
 ROLLOUTS = ("recipe", "hf")  # --step-rollout: the recipe's own (vLLM), or the CPU recipe's hf
 
 
 def step_rollout(cfg: DictConfig, requested: str | None) -> tuple[str, str]:
     """The rollout the step runs (``vllm`` or ``hf``) and why: the recipe's vLLM rollout unless ``requested`` is
-    ``hf``, the recipe's rollout is not vLLM, or vLLM is not installed here."""
+    ``hf``, the recipe's rollout is not vLLM, or vLLM's CPU build is not installed here."""
     name = cfg.actor_rollout_ref.rollout.name
     if requested == "hf":
         return "hf", "--step-rollout hf"
     if name != "vllm":
         return "hf", f"the recipe's rollout is {name}"
-    if not vllm_cpu.cpu_build_installed():
+    if not vllm_sync.cpu_build_installed():
         return "hf", "vLLM's CPU build is not installed here: packaging/install-vllm-cpu.sh"
     return "vllm", "the recipe's, with recipes/cpu/vllm.yaml"
 
 
+def vllm_on_cpu_overrides(recipe: Recipe) -> list[str]:
+    """``+cpu=vllm``, with this repository's recipes on Hydra's search path when the recipe lives elsewhere (a recipe
+    shared from another lab): the group is looked up there."""
+    overrides = [VLLM_ON_CPU]
+    if recipe.config_dir.resolve() != RECIPES_DIR.resolve():
+        own = OmegaConf.load(recipe.config_dir / f"{recipe.config_name}.yaml")  # composing drops the hydra node
+        searchpath = [*(OmegaConf.select(own, "hydra.searchpath") or []), f"file://{RECIPES_DIR}"]
+        overrides.append(f"hydra.searchpath=[{','.join(searchpath)}]")
+    return overrides
+
+
 def cpu_overrides(rollout: str = "hf") -> list[str]:
     """The CPU recipe's values of the keys a CPU needs, as ``++key=value`` overrides (add or replace); with
-    ``rollout="vllm"`` the recipe keeps its rollout and gets the CPU changes vLLM needs (``+cpu=vllm``)."""
+    ``rollout="vllm"`` the recipe keeps its rollout (``step_overrides`` adds ``vllm_on_cpu_overrides``)."""
     values = yaml.safe_load(CPU_RECIPE.read_text())
-    overrides = [vllm_cpu.CPU_GROUP] if rollout == "vllm" else []
+    overrides = []
     for key in CPU_KEYS:
         if rollout == "vllm" and key == "actor_rollout_ref.rollout.name":
             continue
@@ -85,7 +96,7 @@ def step_group(cfg: DictConfig) -> int:
     return min(int(cfg.actor_rollout_ref.rollout.n), MAX_STEP_GROUP)
 
 
-def step_overrides(recipe: Recipe, train: Path, out_dir: Path, rows: int, rollout: str = "hf") -> list[str]:
+def step_overrides(recipe: Recipe, train: Path, rows: int, rollout: str = "hf") -> list[str]:
     """What a one-step CPU run changes: the CPU keys (``rollout``: ``step_rollout``'s), a batch of ``rows`` prompts,
     one step, no save/validation."""
     cfg = recipe.cfg
@@ -98,6 +109,7 @@ def step_overrides(recipe: Recipe, train: Path, out_dir: Path, rows: int, rollou
 
     return [
         *cpu_overrides(rollout),
+        *(vllm_on_cpu_overrides(recipe) if rollout == "vllm" else []),
         "trainer.nnodes=1",
         f"data.train_files={train}",
         f"data.val_files={train}",
@@ -112,8 +124,6 @@ def step_overrides(recipe: Recipe, train: Path, out_dir: Path, rows: int, rollou
         "trainer.val_before_train=false",
         "trainer.test_freq=-1",
         "trainer.save_freq=-1",
-        f"trainer.default_local_dir={out_dir / 'checkpoints'}",
-        "trainer.logger=[console,file]",
     ]
 
 
@@ -133,7 +143,7 @@ def step_rows(recipe: Recipe, rows: int) -> list[dict]:
 
 def check_trainer_step(recipe: Recipe, rows: int, timeout: int, rollout: str | None = None) -> Check:
     """``python -m verl.trainer.main_ppo`` for one step on CPU; its metrics come back through verl's file logger.
-    ``rollout``: ``--step-rollout`` (None: the recipe's vLLM rollout where vLLM is installed)."""
+    ``rollout``: ``--step-rollout`` (None: the recipe's vLLM rollout where vLLM's CPU build is installed)."""
     from verl_reflect import data
 
     name = "trainer step"
@@ -145,44 +155,30 @@ def check_trainer_step(recipe: Recipe, rows: int, timeout: int, rollout: str | N
     train = out_dir / "train.parquet"
     data.write_parquet(step_rows(recipe, rows), train)
     rollout, why = step_rollout(recipe.cfg, rollout)
-    ours = step_overrides(recipe, train, out_dir, rows, rollout)
+    ours = step_overrides(recipe, train, rows, rollout)
     replaced = {override_key(o) for o in ours}
     kept = [o for o in recipe.overrides if override_key(o) not in replaced]
-    command = main_ppo_command(recipe.config_name, [*kept, *ours], recipe.config_dir)
-    metrics_path, log_path = out_dir / "metrics.jsonl", out_dir / "main_ppo.log"
-    env = {**os.environ, "VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(metrics_path)}
-    start = time.monotonic()
-    with open(log_path, "w") as log, vllm_cpu.removing_vllm_shm():
-        try:
-            proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return failed(name, f"no step within {timeout} s; log: {log_path}", "--step-timeout or a less busy machine")
-    seconds = time.monotonic() - start
-    steps = (
-        [json.loads(line)["data"] for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
-    )
-    if proc.returncode != 0 or not steps:
-        return failed(name, f"main_ppo exited with code {proc.returncode}: {last_error(log_path)}", f"see {log_path}")
-    metrics = steps[0]
+    run = run_main_ppo(
+        recipe.config_name, [*kept, *ours], out_dir=out_dir, config_dir=recipe.config_dir, timeout=timeout,
+        progress=False,
+    )  # fmt: skip
+    if run.timed_out:
+        return failed(name, f"no step within {timeout} s; log: {run.log_path}", "--step-timeout or a less busy machine")
+    if run.returncode != 0 or not run.steps:
+        return failed(name, f"main_ppo exited with code {run.returncode}: {run.last_error()}", f"see {run.log_path}")
+    metrics = run.steps[0]
     reflect = {k: v for k, v in metrics.items() if k.startswith("reflect/")}
     not_finite = [k for k, v in reflect.items() if not math.isfinite(v)]
     if not reflect or not_finite:
         what = ", ".join(not_finite) if not_finite else "no reflect/* metric"
-        return failed(name, f"step 1 logged {what}; log: {log_path}", "check the trainer (trainer.v1.trainer_mode)")
+        return failed(name, f"step 1 logged {what}; log: {run.log_path}", "check the trainer (trainer.v1.trainer_mode)")
     shutil.rmtree(out_dir, ignore_errors=True)
     # The random tiny model rarely solves a retry, so a step often has no advantage to train on: say so, since
     # then the actor update did not run (reflect_sync skips it).
     update = "actor updated" if not reflect.get("reflect/skipped_update") else "actor update skipped (no gradient)"
     return passed(
         name,
-        f"1 step of main_ppo on CPU in {seconds:.0f} s ({rows} prompts x n={step_group(recipe.cfg)}, "
+        f"1 step of main_ppo on CPU in {run.seconds:.0f} s ({rows} prompts x n={step_group(recipe.cfg)}, "
         f"tiny model, {rollout} rollout: {why}): reflected {reflect.get('reflect/reflected', float('nan')):.2f}, "
         f"rows with gradient {reflect.get('reflect/rows_with_gradient', float('nan')):.2f}, {update}",
     )
-
-
-def last_error(log_path: Path) -> str:
-    """The last line of the log that names an error (Ray prints the worker's exception last), else its last line."""
-    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if "Error" in line or "error" in line]
-    return (errors or lines or ["no output"])[-1][:300]
