@@ -17,6 +17,7 @@ import pytest
 
 from verl_reflect import data
 from verl_reflect.commands import cli, config_checks, trainer_step_check
+from verl_reflect.cpu import vllm_sync
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith("_"))
@@ -188,6 +189,9 @@ def test_every_shipped_recipe_passes_a_dry_run_with_a_real_trainer_step(recipe, 
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     step = line_of(proc.stdout.splitlines(), "trainer step")
     assert step.startswith("✓ trainer step: 1 step of main_ppo on CPU"), step
+    # The recipe's own vLLM rollout where vLLM's CPU build is installed (CI installs it), else the hf rollout.
+    rollout = "vllm" if vllm_sync.cpu_build_installed() else "hf"
+    assert f"tiny model, {rollout} rollout: " in step, step
     assert "Traceback" not in proc.stdout
 
 

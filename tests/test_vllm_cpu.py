@@ -6,11 +6,13 @@ The ``vllm`` tier shares its vLLM starts between checks, in one module-scoped pi
 1. ``build-failures --backend verl`` starts vLLM standalone through verl's ``LLMServerManager`` (greedy, k=1) and keeps
    the same rows, with the same failed attempts token for token, as in-process ``--backend hf``;
 2. ``python -m verl.trainer.main_ppo`` with ``countdown_tiny_cpu +cpu=vllm`` (the shared recipes' vLLM rollout
-   section, the CPU changes of ``recipes/cpu/vllm.yaml``; through ``commands.main_ppo.run_main_ppo``) trains 2 steps on that failure set, replayed: the trainer's
+   section, the CPU changes of ``recipes/cpu/vllm.yaml``; through ``commands.main_ppo.run_main_ppo``) trains 2
+   steps on that failure set, replayed: the trainer's
    ``trained_<step>.jsonl`` dump is checked against the chat template, the masks, the reflect metrics and the
    weight sync (``training/rollout_probs_diff_max``; ``VERL_REFLECT_VLLM_SKIP_SYNCS=1`` in the environment makes
    vLLM ignore every sync after the first, and that test fails);
-3. ``eval --backend verl`` on vLLM gives the same records as ``--backend hf`` (greedy, float32 on both);
+3. ``eval --backend verl`` on vLLM gives the same records as ``--backend hf`` (greedy, float32 on both).
+
 ``dry-run`` keeps a GPU recipe's vLLM rollout in ``tests/test_dry_run.py``'s trainer steps (the default here).
 
 After each, no process of the run is left and no vLLM file stays in ``/dev/shm``.
@@ -83,7 +85,7 @@ def one_run():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(RUN_MARKER, marker)
         # A Ray of its own, as on a machine alone: ray.init() without an address joins the cluster another user's
-        # `ray start` (or ray.cluster_utils.Cluster) left in /tmp/ray/ray_current_cluster, and main_ppo's num_cpus fails.
+        # `ray start` (or ray.cluster_utils.Cluster) left in /tmp/ray/ray_current_cluster; num_cpus then fails.
         mp.setenv("RAY_ADDRESS", "local")
         yield
     deadline = time.monotonic() + 60
@@ -176,15 +178,15 @@ def test_build_failures_on_vllm_keeps_what_in_process_generation_keeps(pipeline)
 def test_main_ppo_on_vllm_replays_the_failure_set_and_logs_reflect_metrics(pipeline):
     steps = ran(pipeline)
     for step in steps:
-        for key in ("reflect/first_try_correct", "reflect/final_correct", "reflect/reflected", "reflect/reflection_tokens"):
+        for key in ("first_try_correct", "final_correct", "reflected", "reflection_tokens"):
+            key = f"reflect/{key}"
             assert math.isfinite(step[key]), key
         # Failure replay: every row starts from its stored failed attempt and reflects.
         assert step["reflect/replayed_attempt"] == step["reflect/reflected"] == 1.0
         assert step["reflect/first_try_correct"] == 0.0
     assert any(step["reflect/rows_with_gradient"] > 0 and "actor/pg_loss" in step for step in steps)
-    stored = {
-        tuple(row["failed_attempts"][0]["token_ids"]) for row in data.read_rows(pipeline["dir"] / "failures_verl.parquet")
-    }
+    failure_set = data.read_rows(pipeline["dir"] / "failures_verl.parquet")
+    stored = {tuple(row["failed_attempts"][0]["token_ids"]) for row in failure_set}
     for step in range(1, STEPS + 1):
         for row in trained_rows(pipeline, step):
             (attempt,) = [turn for turn in row["turns"] if turn["kind"] == "attempt"]
@@ -303,6 +305,6 @@ def test_vllm_shm_cleanup_removes_only_the_runs_unheld_vllm_files(tmp_path, monk
     before = vllm_residue.shm_names()
     for name in ("psm_new", "sem.mp-new", "psm_held", "torch_other"):
         (tmp_path / name).touch()
-    with open(tmp_path / "psm_held") as held:  # another live run's file
+    with open(tmp_path / "psm_held"):  # another live run's file
         assert vllm_residue.remove_vllm_shm(before, wait_s=0) == ["psm_new", "sem.mp-new"]
     assert sorted(vllm_residue.shm_names()) == ["psm_before", "psm_held", "torch_other"]

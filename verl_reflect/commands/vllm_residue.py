@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-
 SHM_DIR = Path("/dev/shm")
 VLLM_SHM = ("psm_*", "sem.mp-*")
 

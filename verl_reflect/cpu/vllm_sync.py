@@ -9,9 +9,9 @@ computes ``torch.nn.functional.linear`` on its live weight instead (vLLM's own f
 next token is sampled from. The tiny model's GEMMs are small; what is lost is kernel speed, which a CPU run of the
 GPU recipes does not measure.
 
-Applied by ``verl_reflect.cpu.platform`` under ``VERL_PLATFORM=cpu`` only, in every process that imports the plugin: vLLM's
-worker process imports verl (its ``worker_extension_cls``) and so the plugin before it loads the model. A GPU run
-never reaches this code.
+Applied by ``verl_reflect.cpu.platform`` under ``VERL_PLATFORM=cpu`` only, in every process that imports the
+plugin: vLLM's worker process imports verl (its ``worker_extension_cls``) and so the plugin before it loads the model.
+A GPU run never reaches this code.
 
 ``VERL_REFLECT_VLLM_SKIP_SYNCS=1`` is a control for the tests: the worker takes the first sync (verl starts vLLM on
 dummy weights) and ignores every later one, so the rollout samples from stale weights and the weight-sync test must
@@ -84,4 +84,3 @@ def _skip_syncs_after_the_first() -> None:
 
     update_weights_from_ipc.skips_syncs = True
     extension.update_weights_from_ipc = update_weights_from_ipc
-
