@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 STEPS = 2
 TRAIN_PROMPTS = 32
+SYNC_METRICS = ("training/rollout_probs_diff_max", "training/rollout_actor_probs_pearson_corr")
 # The run's processes (Ray's, vLLM's) inherit this variable: none may be alive once a command is done.
 RUN_MARKER = "VERL_REFLECT_TEST_RUN"
 # Greedy and float32 on both sides: the backends compute the same math; bf16 (the recipes' rollout dtype) would
@@ -150,6 +151,8 @@ def pipeline(tmp_path_factory, tiny_model_dir):
                 assert cli.main([*argv, *(VLLM_STANDALONE if backend == "verl" else [])]) == 0
             out["seconds"][f"eval {backend}"] = time.monotonic() - start
     print("vllm tier seconds:", {k: round(v) for k, v in out["seconds"].items()})
+    for step in out["main_ppo"].steps:
+        print(*(f"{k}={step.get(k)}" for k in ("training/global_step", *SYNC_METRICS)))
     return out
 
 
