@@ -45,8 +45,9 @@ TRAIN_PROMPTS = 32
 SYNC_METRICS = ("training/rollout_probs_diff_max", "training/rollout_actor_probs_pearson_corr")
 # The run's processes (Ray's, vLLM's) inherit this variable: none may be alive once a command is done.
 RUN_MARKER = "VERL_REFLECT_TEST_RUN"
-# Greedy and float32 on both sides: the backends compute the same math; bf16 (the recipes' rollout dtype) would
-# round differently in vLLM's and transformers' kernels and flip near-tied argmaxes of the random tiny model.
+# Greedy and float32 on both sides: the hf backend computes in float32 on a CPU, the recipes' rollout in bf16 (verl's
+# default), whose rounding differs between vLLM's and transformers' kernels; the random tiny model's near-tied logits
+# turn any such difference into other tokens.
 VLLM_STANDALONE = [trainer_step_check.VLLM_ON_CPU, "actor_rollout_ref.rollout.dtype=float32"]
 
 
