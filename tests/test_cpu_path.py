@@ -42,7 +42,7 @@ def _worker_patches(env: dict) -> str:
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout.strip()
+    return proc.stdout.strip().splitlines()[-1]  # where vLLM is installed, verl imports it, and vLLM logs to stdout
 
 
 def test_worker_patches_apply_only_under_verl_platform_cpu():

@@ -18,6 +18,8 @@ from omegaconf import OmegaConf
 
 from verl_reflect import data
 from verl_reflect.commands import cli, config_checks, trainer_step_check
+from verl_reflect.commands import recipe as recipe_mod
+from verl_reflect.cpu import vllm_sync
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith("_"))
@@ -200,6 +202,10 @@ def test_a_shipped_recipe_passes_a_dry_run_with_a_real_trainer_step(recipe, tiny
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     step = line_of(proc.stdout.splitlines(), "trainer step")
     assert step.startswith("✓ trainer step: 1 step of main_ppo on CPU"), step
+    # A vLLM recipe keeps its rollout where vLLM's CPU build is installed (CI installs it); the rest run hf.
+    vllm_recipe = recipe_mod.compose(recipe).actor_rollout_ref.rollout.name == "vllm"
+    rollout = "vllm" if vllm_recipe and vllm_sync.cpu_build_installed() else "hf"
+    assert f"tiny model, {rollout} rollout: " in step, step
     assert "Traceback" not in proc.stdout
 
 

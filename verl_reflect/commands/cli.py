@@ -13,11 +13,15 @@ function) is one line on stderr and exit code 2. verl's import-time warnings sta
 
 from __future__ import annotations
 
+import os
 import sys
 
-from verl_reflect import data
-from verl_reflect.commands import build_failures, demo, dry_run, evaluate, quiet
-from verl_reflect.commands.errors import run_command
+# verl imports vLLM wherever it is installed, and vLLM logs to stdout: a command's stdout is its table.
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+
+from verl_reflect import data  # noqa: E402
+from verl_reflect.commands import build_failures, demo, dry_run, evaluate, quiet  # noqa: E402
+from verl_reflect.commands.errors import run_command  # noqa: E402
 
 COMMANDS = {
     "demo": (demo.main, "the whole pipeline on a CPU with the embedded tiny model: failures, training, eval"),

@@ -112,6 +112,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--rows", type=positive_int, default=2, help="prompts in the CPU step (default 2)")
     parser.add_argument("--static-only", action="store_true", help="skip the CPU trainer step")
     parser.add_argument("--step-timeout", type=positive_int, default=1200, help="seconds for the CPU step")
+    parser.add_argument(
+        "--step-rollout",
+        choices=trainer_step_check.ROLLOUTS,
+        help="the CPU step's rollout: the recipe's own vLLM rollout (the default where vLLM is installed) or hf",
+    )
     return parser
 
 
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         step = skipped("trainer step", "skipped (fix the failures above first)")
     else:
         print("  (one main_ppo step on CPU: about 2 minutes on 2 cores)", flush=True)
-        step = guarded(trainer_step_check.check_trainer_step, recipe, args.rows, args.step_timeout)
+        step = guarded(trainer_step_check.check_trainer_step, recipe, args.rows, args.step_timeout, args.step_rollout)
     checks.append(step)
     print(step.line())
     print(gpu_summary(recipe.cfg))

