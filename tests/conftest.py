@@ -1,5 +1,4 @@
-"""Shared fixtures: the embedded tiny tokenizer and model, built once per test session (~1 s, offline), and one Ray
-cluster that every ``main_ppo`` run of the session attaches to."""
+"""Shared fixtures: the embedded tiny tokenizer and model, built once per test session (~1 s, offline)."""
 
 from __future__ import annotations
 
@@ -31,42 +30,3 @@ def tiny_default(tiny_model_dir, monkeypatch):
     """Commands without --model (the tiny recipe's model) reuse the session's tiny model instead of building into
     ~/.cache."""
     monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """A local Ray cluster for the session's ``main_ppo`` runs, as ``(env, overrides)`` to launch them with.
-
-    A run that starts Ray itself spends ~10-15 s of its ~60 s doing so; attached through ``RAY_ADDRESS`` (with
-    ``ray_init.num_cpus/num_gpus`` null, as Ray requires when attaching) it does not. The cluster declares what the
-    CPU recipe's own ``ray_init`` declares. This process never connects to it (``ray.is_initialized()`` stays False
-    for the in-process tests), and only its own processes are stopped at the end.
-    """
-    from omegaconf import OmegaConf
-    from ray.cluster_utils import Cluster
-
-    cpu_platform = Path(__file__).resolve().parents[1] / "recipes" / "platform" / "cpu.yaml"
-    ray_init = OmegaConf.load(cpu_platform).ray_kwargs.ray_init
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": ray_init.num_cpus, "num_gpus": ray_init.num_gpus, "include_dashboard": False},
-    )
-    unadvertise(cluster.address)
-    try:
-        yield (
-            {"RAY_ADDRESS": cluster.address},
-            ["ray_kwargs.ray_init.num_cpus=null", "ray_kwargs.ray_init.num_gpus=null"],
-        )
-    finally:
-        cluster.shutdown()
-
-
-def unadvertise(address: str) -> None:
-    """``Cluster`` writes its address to ``/tmp/ray/ray_current_cluster``, where a plain ``ray.init()`` anywhere on this
-    machine looks first: every other Ray user (an in-process test, another main_ppo) would join this cluster. Take it
-    back; the runs meant for it reach it through ``RAY_ADDRESS``."""
-    from ray._private.utils import get_ray_address_file
-
-    path = Path(get_ray_address_file(None))
-    if path.exists() and path.read_text().strip() == address:
-        path.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from test_trainer import REPO, check_ran, train, trained_rows
+from test_trainer import OWN_RAY, REPO, check_ran, train, trained_rows
 
 from verl_reflect import data
 from verl_reflect.cpu import tiny
@@ -84,12 +84,12 @@ def check_async_run(run: dict, steps: int = ASYNC_STEPS) -> None:
 
 
 @pytest.fixture(scope="module")
-def colocate_run(tmp_path_factory, tiny_model_dir, ray_cluster):
+def colocate_run(tmp_path_factory, tiny_model_dir):
     tmp_path = tmp_path_factory.mktemp("colocate_async")
     return train(
         tmp_path,
         tiny_model_dir.parent,
-        ray_cluster,
+        OWN_RAY,
         "toy_tasks.gated",
         *async_overrides("colocate_async"),
         "actor_rollout_ref.actor.ppo_mini_batch_size=2",  # two mini-batches a step: each must have a trained token

@@ -63,7 +63,7 @@ def test_hf_server_generates_with_the_weights_it_is_handed(tiny_model_dir):
     # An all-zero output layer makes every logit equal, and greedy decoding then picks token 0 every step.
     weights = {name: tensor.clone() for name, tensor in server.backend.model.state_dict().items()}
     weights["lm_head.weight"].zero_()
-    server.update_weights(weights, global_steps=3)
+    asyncio.run(server.update_weights(weights, global_steps=3))
     after = asyncio.run(generate())
     assert after.extra_fields == {"global_steps": 3}
     assert after.token_ids == [0] * 8 != before.token_ids
@@ -72,7 +72,7 @@ def test_hf_server_generates_with_the_weights_it_is_handed(tiny_model_dir):
 def test_hf_server_refuses_weights_of_another_model(tiny_model_dir):
     server = HFServer(str(tiny_model_dir), max_batch_size=4)
     try:
-        server.update_weights({"not.a.parameter": torch.zeros(1)}, global_steps=1)
+        asyncio.run(server.update_weights({"not.a.parameter": torch.zeros(1)}, global_steps=1))
     except ValueError as err:
         assert "not.a.parameter" in str(err)
     else:

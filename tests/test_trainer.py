@@ -68,18 +68,22 @@ def build_failure_set(train: Path, out: Path, cache_dir: Path, *overrides: str) 
     return out
 
 
+# A run that starts its own local Ray (the default), as a user's launch does.
+OWN_RAY: tuple[dict, list] = ({}, [])
+
+
 def train(
     tmp_path: Path,
     cache_dir: Path,
-    ray_cluster,
+    ray: tuple[dict, list],
     data_source: str,
     *overrides: str,
     failure_set=False,
     splits=None,
     steps=STEPS,
 ) -> MainPPORun:
-    """Train ``steps`` steps through the harness every command uses (``ray_cluster``: the ``(env, overrides)`` that
-    attach it to a running Ray cluster).
+    """Train ``steps`` steps through the harness every command uses (``ray``: ``OWN_RAY``, or the ``(env, overrides)``
+    that attach it to a running Ray cluster).
 
     ``failure_set``: train on what ``verl-reflect build-failures`` keeps of the train split (replayed attempts).
     ``splits``: the train and test parquet (default: Countdown prompts scored by ``data_source``).
@@ -88,7 +92,7 @@ def train(
     overrides = (TOY_TASKS, *overrides)
     if failure_set:
         train_file = build_failure_set(train_file, tmp_path / "failures.parquet", cache_dir, *overrides)
-    ray_env, ray_overrides = ray_cluster
+    ray_env, ray_overrides = ray
     return run_main_ppo(
         "countdown_tiny_cpu",
         [
@@ -125,12 +129,12 @@ def trained_rows(run: dict, step: int) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def parity_run(tmp_path_factory, tiny_model_dir, ray_cluster):
+def parity_run(tmp_path_factory, tiny_model_dir):
     # A large learning rate moves the policy far in one step, so a rollout server left on stale weights shows.
     return train(
         tmp_path_factory.mktemp("parity"),
         tiny_model_dir.parent,
-        ray_cluster,
+        OWN_RAY,
         "toy_tasks.parity",
         "actor_rollout_ref.actor.optim.lr=1e-2",
         failure_set=True,
@@ -138,8 +142,8 @@ def parity_run(tmp_path_factory, tiny_model_dir, ray_cluster):
 
 
 @pytest.fixture(scope="module")
-def first_try_run(tmp_path_factory, tiny_model_dir, ray_cluster):
-    return train(tmp_path_factory.mktemp("first_try"), tiny_model_dir.parent, ray_cluster, "toy_tasks.first_try")
+def first_try_run(tmp_path_factory, tiny_model_dir):
+    return train(tmp_path_factory.mktemp("first_try"), tiny_model_dir.parent, OWN_RAY, "toy_tasks.first_try")
 
 
 def test_main_ppo_trains_every_step_and_logs_reflect_metrics(parity_run):
@@ -282,12 +286,12 @@ def write_reverse_task(directory: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def reverse_run(tmp_path_factory, tiny_model_dir, ray_cluster):
+def reverse_run(tmp_path_factory, tiny_model_dir):
     tmp_path = tmp_path_factory.mktemp("reverse")
     return train(
         tmp_path,
         tiny_model_dir.parent,
-        ray_cluster,
+        OWN_RAY,
         "toy_tasks.reverse",
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={REVERSE_LOOP}",
         failure_set=True,

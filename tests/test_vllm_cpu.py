@@ -39,6 +39,8 @@ from verl_reflect.commands.recipe import compose
 from verl_reflect.cpu import tiny, vllm_sync
 
 REPO = Path(__file__).resolve().parents[1]
+# The recipe allows the test-only task package (a dataset alone cannot make reward_fns import it).
+TOY_TASKS = "reward.custom_reward_function.reward_kwargs.task_packages=[toy_tasks]"
 FIXTURES = REPO / "tests" / "fixtures"
 STEPS = 2
 TRAIN_PROMPTS = 32
@@ -119,6 +121,7 @@ def pipeline(tmp_path_factory, tiny_model_dir):
             start = time.monotonic()
             with one_run():
                 argv = ["build-failures", "--data", str(train), "--k", "1", "--temperature", "0", "--backend", backend]
+                argv.append(TOY_TASKS)
                 extra = VLLM_STANDALONE if backend == "verl" else []
                 assert cli.main([*argv, "--out", str(tmp / f"failures_{backend}.parquet"), *extra]) == 0
             out["seconds"][f"build-failures {backend}"] = time.monotonic() - start
@@ -129,6 +132,7 @@ def pipeline(tmp_path_factory, tiny_model_dir):
                 "countdown_tiny_cpu",
                 [
                     trainer_step_check.VLLM_ON_CPU,
+                    TOY_TASKS,
                     f"data.train_files={tmp / 'failures_verl.parquet'}",
                     f"data.val_files={test}",
                     f"trainer.total_training_steps={STEPS}",
