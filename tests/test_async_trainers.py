@@ -73,7 +73,9 @@ def async_overrides(mode: str) -> list[str]:
         "trainer.save_freq=-1",
         "data.shuffle=false",
         "actor_rollout_ref.actor.optim.lr=1e-2",
-        "+actor_rollout_ref.rollout.engine_kwargs.hf.decode_step_delay_s=0.05",
+        # Slow decoding keeps trajectories in flight across a weight sync, so some get aborted and resumed (0.05 s
+        # missed every sync in one run of three).
+        "+actor_rollout_ref.rollout.engine_kwargs.hf.decode_step_delay_s=0.15",
     ]
 
 

@@ -121,8 +121,7 @@ def pipeline(tmp_path_factory, tiny_model_dir):
             start = time.monotonic()
             with one_run():
                 argv = ["build-failures", "--data", str(train), "--k", "1", "--temperature", "0", "--backend", backend]
-                argv.append(TOY_TASKS)
-                extra = VLLM_STANDALONE if backend == "verl" else []
+                extra = [TOY_TASKS, *(VLLM_STANDALONE if backend == "verl" else [])]
                 assert cli.main([*argv, "--out", str(tmp / f"failures_{backend}.parquet"), *extra]) == 0
             out["seconds"][f"build-failures {backend}"] = time.monotonic() - start
 
@@ -263,7 +262,7 @@ def test_eval_on_vllm_gives_the_records_of_in_process_generation(pipeline):
 
 
 def test_dry_run_falls_back_to_hf_without_vllm_and_says_why(monkeypatch):
-    from verl_reflect.commands.config_checks import Recipe
+    from verl_reflect.commands.config_checks import DryRun as Recipe
     from verl_reflect.commands.recipe import RECIPES_DIR
 
     check = trainer_step_check
