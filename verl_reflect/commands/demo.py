@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -56,10 +55,7 @@ def train(train: Path, test: Path, out_dir: Path, steps: int, *overrides: str) -
             f"trainer.test_freq={steps}",
             *overrides,
         ],
-        out_dir=out_dir,
-        # A Ray cluster someone started on this machine (``ray start``) would capture the run, and the recipe's
-        # num_cpus/num_gpus are refused there: the demo starts its own unless the user names a cluster.
-        env={"RAY_ADDRESS": os.environ.get("RAY_ADDRESS", "local")},
+        out_dir=out_dir,  # its own Ray unless the user names a cluster (run_main_ppo)
     )
     if run.returncode != 0:
         raise UserError(f"main_ppo exited with code {run.returncode} ({run.last_error()}); its log: {run.log_path}")
