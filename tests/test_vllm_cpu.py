@@ -271,14 +271,14 @@ def test_dry_run_falls_back_to_hf_without_vllm_and_says_why(monkeypatch):
     monkeypatch.setattr(vllm_sync, "cpu_build_installed", lambda: True)
     assert check.step_rollout(cfg, None) == ("vllm", "the recipe's, with recipes/cpu/vllm.yaml")
     vllm_step = check.step_overrides(recipe, Path("train.parquet"), 2, "vllm")
-    assert check.VLLM_ON_CPU in vllm_step
-    assert not any(o.startswith("++actor_rollout_ref.rollout.name=") for o in vllm_step)
+    # The CPU platform (its hf rollout), then the vLLM changes on top: the rollout is vLLM again.
+    assert vllm_step.index("+platform=cpu") < vllm_step.index(check.VLLM_ON_CPU)
     assert check.step_rollout(cfg, "hf") == ("hf", "--step-rollout hf")
     monkeypatch.setattr(vllm_sync, "cpu_build_installed", lambda: False)
     rollout, why = check.step_rollout(cfg, None)
     assert rollout == "hf" and "not installed" in why
     hf_step = check.step_overrides(recipe, Path("train.parquet"), 2, "hf")
-    assert "++actor_rollout_ref.rollout.name=hf" in hf_step and check.VLLM_ON_CPU not in hf_step
+    assert "+platform=cpu" in hf_step and check.VLLM_ON_CPU not in hf_step
 
 
 def test_the_cpu_changes_a_vllm_rollout_needs_are_one_group_that_leaves_the_rest_of_the_recipe():
