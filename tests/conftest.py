@@ -30,3 +30,11 @@ def tiny_default(tiny_model_dir, monkeypatch):
     """Commands without --model (the tiny recipe's model) reuse the session's tiny model instead of building into
     ~/.cache."""
     monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
+
+
+def pytest_collection_modifyitems(items):
+    """Files that start verl's trainer run first, each file's tests kept together and in order: under the README's
+    ``-n 2 --dist loadfile --no-loadscope-reorder`` both workers begin on the long runs and the fast files fill the
+    gaps, instead of one long file starting last while the other worker idles."""
+    trainer_files = {item.path for item in items if item.get_closest_marker("trainer")}
+    items.sort(key=lambda item: item.path not in trainer_files)  # stable

@@ -1,16 +1,16 @@
 """verl's real trainer: ``python -m verl.trainer.main_ppo`` with ``recipes/countdown_tiny_cpu.yaml``, as a subprocess.
 
-Three runs of 2 steps each (about a minute apiece on 2 cores), on test-only tasks (``tests/fixtures/toy_tasks``):
+Two runs (about a minute and a half apiece on 2 cores), on test-only tasks (``tests/fixtures/toy_tasks``):
 
-- ``toy_tasks.parity``: about half the answers are right. ``verl-reflect build-failures`` keeps the prompts the
-  tiny model failed, with their failed attempts, and the trainer replays them (``attempt: replay``): every row
-  reflects on its group's stored failure, retries are right about half the time, reflections get advantages,
-  and the weights move. Checks what the trainer trained on (its own dump), the weight sync, per-step and
-  validation metrics, and that the saved checkpoint loads in ``verl-reflect eval``.
-- ``toy_tasks.first_try``: every first attempt is right, so no batch holds a reflection token; verl's own
-  ``sync`` trainer crashes there (``rollout_corr_helper.py``), ``reflect_sync`` skips the update.
-- ``toy_tasks.reverse``: a task added as the README's "Adding a task" says, in the tests only, from its failure set
-  through training and validation.
+- ``toy_tasks.parity``, 3 steps: about half the answers are right. ``verl-reflect build-failures`` keeps the prompts
+  the tiny model failed, with their failed attempts, and the trainer replays them (``attempt: replay``) from step 2:
+  every row reflects on its group's stored failure, retries are right about half the time, reflections get
+  advantages, and the weights move. Step 1's batch is ``toy_tasks.gated`` rows that are always solved first try, so
+  it holds no reflection token: verl's own ``sync`` trainer crashes there (``rollout_corr_helper.py``),
+  ``reflect_sync`` skips the update. Checks what the trainer trained on (its own dump), the weight sync, per-step
+  and validation metrics, and that the saved checkpoint loads in ``verl-reflect eval``.
+- ``toy_tasks.reverse``, 2 steps: a task added as the README's "Adding a task" says, in the tests only, from its
+  failure set through training and validation.
 """
 
 from __future__ import annotations
@@ -128,27 +128,52 @@ def trained_rows(run: dict, step: int) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+# The parity run: step 1 trains nothing (its batch is solved first try), steps 2-3 replay stored failures.
+PARITY_STEPS = 3
+SOLVED_STEP, REPLAY_STEPS = 1, range(2, PARITY_STEPS + 1)
+
+
+def behind_a_solved_batch(failure_set: Path, out: Path) -> Path:
+    """``failure_set`` behind one batch (``train_batch_size``) of ``toy_tasks.gated`` rows that are always solved on
+    the first try: with ``data.shuffle=false`` the first step has no reflection token."""
+    solved = [
+        {
+            **row,
+            "data_source": "toy_tasks.gated",
+            "reward_model": {"style": "rule", "ground_truth": json.dumps({"first_try": True})},
+            data.FAILED_ATTEMPTS: [],
+        }
+        for row in data.countdown_rows(4, seed=2, split="train")
+    ]
+    data.write_parquet(solved + data.read_rows(failure_set), out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def parity_run(tmp_path_factory, tiny_model_dir):
-    # A large learning rate moves the policy far in one step, so a rollout server left on stale weights shows.
+    tmp_path = tmp_path_factory.mktemp("parity")
+    train_file, test = write_task_data(tmp_path, "toy_tasks.parity")
+    failure_set = build_failure_set(train_file, tmp_path / "failures.parquet", tiny_model_dir.parent, TOY_TASKS)
     return train(
-        tmp_path_factory.mktemp("parity"),
+        tmp_path,
         tiny_model_dir.parent,
         OWN_RAY,
         "toy_tasks.parity",
+        # A large learning rate moves the policy far in one step, so a rollout server left on stale weights shows.
         "actor_rollout_ref.actor.optim.lr=1e-2",
-        failure_set=True,
+        "data.shuffle=false",
+        splits=(behind_a_solved_batch(failure_set, tmp_path / "solved_then_failures.parquet"), test),
+        steps=PARITY_STEPS,
     )
 
 
-@pytest.fixture(scope="module")
-def first_try_run(tmp_path_factory, tiny_model_dir):
-    return train(tmp_path_factory.mktemp("first_try"), tiny_model_dir.parent, OWN_RAY, "toy_tasks.first_try")
+def replay_steps(run: MainPPORun) -> list[dict]:
+    check_ran(run, PARITY_STEPS)
+    return [step for step in run.steps if step["training/global_step"] in REPLAY_STEPS]
 
 
-def test_main_ppo_trains_every_step_and_logs_reflect_metrics(parity_run):
-    check_ran(parity_run)
-    for step in parity_run.steps:
+def test_main_ppo_trains_every_replay_step_and_logs_reflect_metrics(parity_run):
+    for step in replay_steps(parity_run):
         for key in ("reflect/first_try_correct", "reflect/final_correct", "reflect/reflected", "actor/pg_loss"):
             assert math.isfinite(step[key]), key
         assert step["reflect/skipped_update"] == 0.0
@@ -159,8 +184,8 @@ def test_main_ppo_trains_every_step_and_logs_reflect_metrics(parity_run):
 
 
 def test_advantage_is_non_zero_only_on_reflection_tokens(parity_run):
-    check_ran(parity_run)
-    for step in range(1, STEPS + 1):
+    check_ran(parity_run, PARITY_STEPS)
+    for step in REPLAY_STEPS:
         rows = trained_rows(parity_run, step)
         assert len(rows) == 4 * 4  # train_batch_size x n
         for row in rows:
@@ -180,12 +205,12 @@ def test_advantage_is_non_zero_only_on_reflection_tokens(parity_run):
 
 
 def test_every_row_of_a_group_replays_the_groups_stored_failure(parity_run):
-    check_ran(parity_run)
+    check_ran(parity_run, PARITY_STEPS)
     stored = {
         row["extra_info"]["index"]: row["failed_attempts"][0]["token_ids"]
         for row in data.read_rows(parity_run.out_dir / "failures.parquet")
     }
-    for step in range(1, STEPS + 1):
+    for step in REPLAY_STEPS:
         attempts_by_group: dict[str, set] = {}
         for row in trained_rows(parity_run, step):
             (attempt,) = [turn for turn in row["turns"] if turn["kind"] == "attempt"]
@@ -199,28 +224,28 @@ def test_every_row_of_a_group_replays_the_groups_stored_failure(parity_run):
 
 
 def test_weights_change_and_the_rollout_server_samples_from_them(parity_run, tiny_model_dir):
-    check_ran(parity_run)
-    trained = load_file(parity_run.checkpoint(STEPS) / "model.safetensors")
+    check_ran(parity_run, PARITY_STEPS)
+    trained = load_file(parity_run.checkpoint(PARITY_STEPS) / "model.safetensors")
     initial = load_file(tiny_model_dir / "model.safetensors")
     assert trained.keys() == initial.keys()
     assert max((trained[name] - initial[name]).abs().max().item() for name in initial) > 1e-3
-    # Rollout log-probs against the actor's own: without a weight sync after step 1 this is ~7e-4 here.
-    for step in parity_run.steps:
+    # Rollout log-probs against the actor's own: without a weight sync after the first update this is ~7e-4 here.
+    for step in replay_steps(parity_run):
         assert step["training/rollout_probs_diff_max"] < 2e-4
-    # Every trajectory of step 2 was generated on the weights synced after step 1.
-    assert {row["weights_version"] for row in trained_rows(parity_run, 2)} == {1}
+    # Every trajectory of step 3 was generated on the weights synced after step 2, the first update.
+    assert {row["weights_version"] for row in trained_rows(parity_run, 3)} == {2}
 
 
 def test_validation_reports_reflect_stats_per_data_source(parity_run):
-    check_ran(parity_run)
+    check_ran(parity_run, PARITY_STEPS)
     last = parity_run.steps[-1]
     for stat in ("first_try_correct", "final_correct", "reflection_tokens"):
         assert f"val-aux/toy_tasks.parity/{stat}/mean@1" in last
 
 
 def test_saved_checkpoint_loads_in_eval_compare_model(parity_run, tiny_model_dir, tmp_path):
-    check_ran(parity_run)
-    checkpoint = parity_run.checkpoint(STEPS)
+    check_ran(parity_run, PARITY_STEPS)
+    checkpoint = parity_run.checkpoint(PARITY_STEPS)
     proc = subprocess.run(
         [
             sys.executable,
@@ -241,19 +266,18 @@ def test_saved_checkpoint_loads_in_eval_compare_model(parity_run, tiny_model_dir
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines()[0].split() == ["tiny-random", f"global_step_{STEPS}"]  # one column per model
+    assert proc.stdout.splitlines()[0].split() == ["tiny-random", f"global_step_{PARITY_STEPS}"]  # one column per model
     records = [json.loads(line) for line in (tmp_path / "eval" / "trajectories.jsonl").read_text().splitlines()]
     assert len(records) == 4  # 2 rows x 2 models
 
 
-def test_a_step_with_no_reflection_token_skips_the_update_without_crashing(first_try_run):
-    check_ran(first_try_run)
-    for step in first_try_run.steps:
-        assert step["reflect/reflected"] == 0.0 and step["reflect/first_try_correct"] == 1.0
-        assert step["reflect/skipped_update"] == 1.0
-        assert "actor/pg_loss" not in step  # no forward/backward pass was spent
-        assert all(math.isfinite(value) for value in step.values() if isinstance(value, float))
-    for row in trained_rows(first_try_run, 1):
+def test_a_step_with_no_reflection_token_skips_the_update_without_crashing(parity_run):
+    check_ran(parity_run, PARITY_STEPS)  # exit 0, no NaN logged
+    step = parity_run.steps[SOLVED_STEP - 1]
+    assert step["reflect/reflected"] == 0.0 and step["reflect/first_try_correct"] == 1.0
+    assert step["reflect/skipped_update"] == 1.0
+    assert "actor/pg_loss" not in step  # no forward/backward pass was spent
+    for row in trained_rows(parity_run, SOLVED_STEP):
         assert not any(row["response_mask"]) and not any(row["advantages"])
 
 

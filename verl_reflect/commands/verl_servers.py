@@ -11,6 +11,7 @@ load balancer and server as in training: vLLM or SGLang with the recipe's rollou
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,9 @@ class VerlServers:
         if self._started_ray:
             ray_init = OmegaConf.to_container(self.config.ray_kwargs.get("ray_init", {}))
             runtime_env = OmegaConf.merge(get_ppo_ray_runtime_env(self.config), ray_init.pop("runtime_env", None) or {})
+            # A Ray of its own unless one is named, as run_main_ppo starts main_ppo: without an address, ray.init()
+            # joins the cluster any `ray start` on this machine last recorded, and the recipe's num_cpus then fails.
+            ray_init.setdefault("address", os.environ.get("RAY_ADDRESS") or "local")
             ray.init(**ray_init, runtime_env=OmegaConf.to_container(runtime_env))
         with contextlib.redirect_stdout(sys.stderr):  # verl prints the server addresses; stdout is the table's
             self.manager = LLMServerManager.create(config=self.config)
