@@ -16,13 +16,16 @@ def tiny_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
+def tiny_model_dir(tmp_path_factory, worker_id) -> Path:
     """A directory holding the tiny random Qwen2 model and its tokenizer, laid out like the default cache.
 
     ``tiny_model_dir.parent`` works as ``$VERL_REFLECT_CACHE``, so commands that fall back to the
-    default model reuse this build instead of writing to the home directory.
+    default model reuse this build instead of writing to the home directory. One cache for the whole run: under
+    pytest-xdist each worker's temporary folder sits in one shared folder, so the hidden-word warm-up beside the
+    tiny model is built once, not once per worker.
     """
-    return tiny.default_model_dir(tmp_path_factory.mktemp("verl-reflect-cache"))
+    root = tmp_path_factory.getbasetemp()
+    return tiny.default_model_dir((root if worker_id == "master" else root.parent) / "verl-reflect-cache")
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 
 import reward_fns.hidden_word as hidden_word  # the task's words and prompt (the data package imports commands)
 from verl_reflect.cpu import tiny
@@ -181,19 +182,19 @@ def cached_model_path(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """The warmed tiny model, built once into ``cached_model_path(cache_dir)`` (from the tiny model) and reused;
-    built in a temporary directory and renamed into place, so a crash never leaves a broken cache."""
+    built in a temporary directory and renamed into place, so a crash never leaves a broken cache. Processes that
+    ask at once (two commands, two test workers) wait for one build instead of each spending ~30 s of CPU on it."""
     target = cached_model_path(cache_dir)
     if (target / "config.json").exists():
         return target
     base = tiny.default_model_dir(cache_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=".hidden-word-warm.", dir=target.parent))
-    try:
-        warm_up(base, tmp, **WARMUP)
+    with FileLock(target.parent / f".{target.name}.lock"):
+        if (target / "config.json").exists():  # built while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=".hidden-word-warm.", dir=target.parent))
         try:
+            warm_up(base, tmp, **WARMUP)
             os.rename(tmp, target)
-        except OSError:  # another process finished first: its copy is as good as ours
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
