@@ -7,11 +7,12 @@ replay a stored failed attempt and retry on a coin, so later steps reflect and t
 every decoding step (a slow accelerator), so generation is still running when the trainer aborts it at a weight
 sync: those turns are resumed by verl's ``FullyAsyncLLMServerClient`` after it.
 
-The ``hf`` server decodes a batch until all its rows end, so at step 1 the half batch of warm-up waits for the first
-batch's decode and then starts; it must still be decoding when the trainer, having collected the first batch, aborts
-generation. At 0.15 s a step (about 5 s for a 32-token attempt) the trainer's reaction beat it once in four runs
-with a second test file running beside it (every warm-up row then ended on version 0); colocate_async sleeps 0.4 s
-and runs the 2 steps its checks need.
+The ``hf`` server decodes a batch of calls until all its rows end and returns them together. With 16 rows a batch
+the six step-1 groups (24 trajectories) decode in two batches, and in two suite runs out of three with another test
+file beside it the second batch held the last of the first four groups to finish: all six ended together and
+nothing was in flight when the trainer aborted generation (at 0.15 s and at 0.4 s a step). colocate_async decodes
+4 rows a batch (one group, its samples reaching the server together): the first four groups to finish end with a
+batch, and the next batch is decoding when the trainer aborts. It runs the 2 steps its checks need.
 
 Token-exact resumption, against the trainer's own dump: step 1 trains nothing, so the weights after its sync equal the
 initial ones, and a row whose turn was aborted at step 1 and resumed on version 1 (``weights_version`` 0,
@@ -72,7 +73,7 @@ def write_gated_task(directory: Path, size: int = 24) -> tuple[Path, Path]:
     return directory / "train.parquet", directory / "test.parquet"
 
 
-def async_overrides(mode: str, decode_step_delay_s: float = 0.15) -> list[str]:
+def async_overrides(mode: str) -> list[str]:
     return [
         f"trainer.v1.trainer_mode=reflect_{mode}",
         f"trainer.v1.{mode}.num_warmup_batches=0.5",
@@ -82,7 +83,7 @@ def async_overrides(mode: str, decode_step_delay_s: float = 0.15) -> list[str]:
         "actor_rollout_ref.actor.optim.lr=1e-2",
         # Slow decoding keeps trajectories in flight across a weight sync, so some get aborted and resumed (0.05 s
         # missed every sync in one run of three).
-        f"+actor_rollout_ref.rollout.engine_kwargs.hf.decode_step_delay_s={decode_step_delay_s}",
+        "+actor_rollout_ref.rollout.engine_kwargs.hf.decode_step_delay_s=0.15",
     ]
 
 
@@ -100,7 +101,8 @@ def colocate_run(tmp_path_factory, tiny_model_dir):
         tiny_model_dir.parent,
         OWN_RAY,
         "toy_tasks.gated",
-        *async_overrides("colocate_async", decode_step_delay_s=0.4),
+        *async_overrides("colocate_async"),
+        "actor_rollout_ref.rollout.max_num_seqs=4",  # one group a decode batch: see the module docstring
         "actor_rollout_ref.actor.ppo_mini_batch_size=2",  # two mini-batches a step: each must have a trained token
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
         splits=write_gated_task(tmp_path),
