@@ -153,13 +153,15 @@ def test_a_parquet_column_of_the_wrong_type_is_caught(capsys, tmp_path):
     assert_caught(code, lines, "data columns", "data_source as strings")
 
 
-def test_a_prompt_longer_than_max_prompt_length_is_caught(capsys, tiny_model_dir):
-    # The tiny model's tokenizer is on this machine, so the check runs (the GPU recipes' are skipped offline).
+@pytest.mark.parametrize("key", ["path", "tokenizer_path"])
+def test_a_prompt_longer_than_max_prompt_length_is_caught(capsys, tiny_model_dir, key):
+    # The tiny model's tokenizer is on this machine, so the check runs (the GPU recipes' are skipped offline);
+    # verl takes model.tokenizer_path over model.path, and so does the check.
     code, lines = dry_run(
         capsys,
         "--config-name",
         "countdown_qwen2.5-1.5b",
-        f"actor_rollout_ref.model.path={tiny_model_dir}",
+        f"actor_rollout_ref.model.{key}={tiny_model_dir}",
         "data.max_prompt_length=64",
     )
     assert_caught(code, lines, "prompt lengths", "data.max_prompt_length=")

@@ -126,10 +126,12 @@ def check_agent_names(recipe: DryRun) -> Check:
 
 
 def load_tokenizer(recipe: DryRun) -> str:
-    """The recipe's tokenizer if it is on this machine (never downloaded); returns why not when it is not."""
+    """The recipe's tokenizer if it is on this machine (never downloaded); returns why not when it is not.
+    As verl picks it: ``actor_rollout_ref.model.tokenizer_path``, else the model's own."""
     from transformers import AutoTokenizer
 
-    path = str(recipe.cfg.actor_rollout_ref.model.path)
+    model = recipe.cfg.actor_rollout_ref.model
+    path = str(model.tokenizer_path or model.path)
     saved = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
