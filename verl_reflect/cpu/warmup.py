@@ -183,7 +183,7 @@ def cached_model_path(cache_dir: str | os.PathLike | None = None) -> Path:
 def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """The warmed tiny model, built once into ``cached_model_path(cache_dir)`` (from the tiny model) and reused;
     built in a temporary directory and renamed into place, so a crash never leaves a broken cache. Processes that
-    ask at once (two commands, two test workers) wait for one build instead of each spending ~30 s of CPU on it."""
+    ask at once (two commands, two test workers) wait for one build instead of each spending ~20 s of CPU on it."""
     target = cached_model_path(cache_dir)
     if (target / "config.json").exists():
         return target
