@@ -13,8 +13,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+from filelock import FileLock
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 if TYPE_CHECKING:  # transformers takes seconds to import; only building needs it
@@ -150,25 +151,31 @@ def cached_model_path(cache_dir: str | os.PathLike | None = None) -> Path:
     return root / f"tiny-qwen2-{hashlib.sha1(recipe.encode()).hexdigest()[:10]}"
 
 
-def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The tiny model, built once into ``cached_model_path(cache_dir)`` and reused.
+def build_once(target: Path, build: Callable[[Path], object]) -> Path:
+    """``target``, a model directory in the cache, made by ``build(directory)`` unless it is there already.
 
-    Built in a temporary directory and renamed into place, so a crash never leaves a broken cache.
+    Built in a temporary directory and renamed into place, so a crash never leaves a broken cache; under a lock, so
+    processes that ask at once (two commands, two test workers) wait for one build instead of each making one.
     """
-    target = cached_model_path(cache_dir)
-    root = target.parent
     if (target / "config.json").exists():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-qwen2.", dir=root))
-    try:
-        build_tiny_model(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f".{target.name}.lock"
+    with FileLock(lock_path):
+        if (target / "config.json").exists():  # built while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
+            build(tmp)
             os.rename(tmp, target)
-        except OSError:
-            # Another process finished first: its copy is as good as ours.
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        # Removed once the model is there (every later caller finds it, lock or not), so a cache one process built
+        # holds models only; a caller that was waiting may leave an empty lock file behind, which is harmless.
+        lock_path.unlink(missing_ok=True)
     return target
+
+
+def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The tiny model, built once into ``cached_model_path(cache_dir)`` and reused."""
+    return build_once(cached_model_path(cache_dir), build_tiny_model)

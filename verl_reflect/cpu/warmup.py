@@ -24,12 +24,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import yaml
-from filelock import FileLock
 
 import reward_fns.hidden_word as hidden_word  # the task's words and prompt (the data package imports commands)
 from verl_reflect.cpu import tiny
@@ -181,20 +178,8 @@ def cached_model_path(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The warmed tiny model, built once into ``cached_model_path(cache_dir)`` (from the tiny model) and reused;
-    built in a temporary directory and renamed into place, so a crash never leaves a broken cache. Processes that
-    ask at once (two commands, two test workers) wait for one build instead of each spending ~20 s of CPU on it."""
-    target = cached_model_path(cache_dir)
-    if (target / "config.json").exists():
-        return target
-    base = tiny.default_model_dir(cache_dir)
-    with FileLock(target.parent / f".{target.name}.lock"):
-        if (target / "config.json").exists():  # built while we waited
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=".hidden-word-warm.", dir=target.parent))
-        try:
-            warm_up(base, tmp, **WARMUP)
-            os.rename(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """The warmed tiny model, built once (~20 s of CPU) into ``cached_model_path(cache_dir)`` from the tiny model
+    and reused (``tiny.build_once``)."""
+    return tiny.build_once(
+        cached_model_path(cache_dir), lambda out_dir: warm_up(tiny.default_model_dir(cache_dir), out_dir, **WARMUP)
+    )
