@@ -134,7 +134,7 @@ def warm_up(model_dir: Path, out_dir: Path, *, steps: int, batch_size: int, lr: 
     model.train()
     # The LM head on every position, though only six carry loss: running it on those six alone halved a step (20 s
     # for the warm-up where 37) and changed the weights by 3e-5, yet 2 of 3 demos on that model ended near 75% where
-    # 4 of 4 on this one reached 100%. The demo's numbers are this model's.
+    # 3 of 3 on this one reached 100%. The demo's numbers are this model's.
     for _ in trange(steps, desc="warm-up", unit="step", dynamic_ncols=True, leave=False):
         batch = [sampler.sample(rng) for _ in range(batch_size)]
         ids = torch.tensor([b[0] for b in batch])  # (B, T): one layout, so every trajectory is T long
