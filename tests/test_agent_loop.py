@@ -132,9 +132,7 @@ def test_failure_then_success_trains_exactly_the_reflection(tiny_tokenizer):
     assert [call["prompt_ids"] for call in server.calls] == [
         render(tiny_tokenizer, PROMPT, True),
         render(tiny_tokenizer, conversation(WRONG) + [{"role": "user", "content": REFLECTION_PROMPT}], True),
-        render(
-            tiny_tokenizer, conversation(WRONG, REFLECTION) + [{"role": "user", "content": RETRY_PROMPT}], True
-        ),
+        render(tiny_tokenizer, conversation(WRONG, REFLECTION) + [{"role": "user", "content": RETRY_PROMPT}], True),
     ]
     assert len({call["request_id"] for call in server.calls}) == 1
     assert all(call["temperature"] == 1.0 for call in server.calls)
@@ -357,9 +355,7 @@ def test_replay_stream_equals_the_generated_one_for_the_same_ids(tiny_tokenizer)
     # Only the reflection and the retry reach the server, each on the exact rendered context.
     assert [call["prompt_ids"] for call in server.calls] == [
         render(tiny_tokenizer, conversation(WRONG) + [{"role": "user", "content": REFLECTION_PROMPT}], True),
-        render(
-            tiny_tokenizer, conversation(WRONG, REFLECTION) + [{"role": "user", "content": RETRY_PROMPT}], True
-        ),
+        render(tiny_tokenizer, conversation(WRONG, REFLECTION) + [{"role": "user", "content": RETRY_PROMPT}], True),
     ]
     # The same stream and mask as if the server had generated those ids: reflection trained, nothing else.
     assert replayed.prompt_ids == generated.prompt_ids

@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "verl_reflect"
-PLUGIN_PROPER = {"__init__", "register", "agent_loop", "turn_boundary", "advantage", "trainer", "resolvers"}
+PLUGIN_PROPER = {"__init__", "plugin", "register", "agent_loop", "turn_boundary", "advantage", "trainer", "resolvers"}
 
 
 def module_name(path: Path) -> str:

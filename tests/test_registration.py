@@ -15,9 +15,18 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
 
 def test_import_verl_loads_the_plugin_through_its_entry_point():
     result = run_python(
-        "import verl\n"
+        "import sys, verl\n"
+        "from verl.plugin.platform import PlatformRegistry\n"
+        "from omegaconf import OmegaConf\n"
+        "assert 'verl_reflect.plugin' in sys.modules, 'entry point not loaded'\n"
+        "assert 'cpu' in PlatformRegistry.registered_names() and OmegaConf.has_resolver('verl_reflect.tiny_model')\n"
+        # What import verl loads stays light: verl's trainer and the rest of the plugin wait until a process asks.
+        "assert not {'verl.trainer.ppo.v1', 'verl_reflect.register'} & set(sys.modules), 'import verl got heavy'\n"
+        # TaskRunner.run looks the trainer up here, before any external_lib import.
+        "from verl.trainer.ppo.v1 import get_trainer_cls\n"
         "from verl.experimental.agent_loop.agent_loop import _agent_loop_registry\n"
         "from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY\n"
+        "assert get_trainer_cls('reflect_sync').__module__ == 'verl_reflect.trainer'\n"
         "assert 'reflect_retry' in _agent_loop_registry, 'agent loop missing'\n"
         "assert 'reflect_grpo' in ADV_ESTIMATOR_REGISTRY, 'estimator missing'\n"
     )

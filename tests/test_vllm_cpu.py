@@ -56,8 +56,6 @@ RUN_MARKER = "VERL_REFLECT_TEST_RUN"
 VLLM_STANDALONE = [trainer_step_check.VLLM_ON_CPU, "actor_rollout_ref.rollout.dtype=float32"]
 
 
-
-
 def vllm_tier(test):
     """The slow tier: a trainer or rollout servers on vLLM's CPU build. On a CUDA machine vLLM is the GPU build, and
     the GPU recipes run as they are: nothing here applies."""

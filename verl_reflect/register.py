@@ -2,9 +2,9 @@
 ``reflect_<mode>`` trainers, the CPU training path (``cpu`` platform, ``hf`` rollout, ``gloo`` checkpoint engine;
 ``verl_reflect/cpu/``) and the config resolvers the recipes name (``verl_reflect/resolvers.py``).
 
-Imported by the ``verl.plugins`` entry point on ``import verl``, and named by every recipe in
-``actor_rollout_ref.model.external_lib`` so that verl imports it, loudly, in the trainer and in
-every worker process. Importing it again is a no-op.
+Named by every recipe in ``actor_rollout_ref.model.external_lib``, so that verl imports it, loudly, in the trainer
+and in every worker process, and imported by ``verl_reflect.plugin`` (the ``verl.plugins`` entry point) once a process
+imports verl's trainer package. Importing it again is a no-op.
 """
 
 import verl_reflect.advantage  # noqa: F401  (registers reflect_grpo)

@@ -120,7 +120,11 @@ def run_main_ppo(
     metrics_path.unlink(missing_ok=True)
     overrides = list(overrides)
     given = {override_key(o) for o in overrides}
-    defaults = {"trainer.default_local_dir": out_dir / "checkpoints", "trainer.logger": "[console,file]"}
+    defaults = {
+        "trainer.default_local_dir": out_dir / "checkpoints",
+        "trainer.logger": "[console,file]",
+        "hydra.run.dir": out_dir / "hydra",  # Hydra's own outputs/<date>/<time> would land in the working directory
+    }
     overrides = [f"{key}={value}" for key, value in defaults.items() if key not in given] + overrides
     for override in overrides:
         if override.startswith("trainer.total_training_steps="):
