@@ -65,8 +65,10 @@ def test_recipe_resolves_estimator_agent_loop_and_reward(name, monkeypatch):
     model_path, family, model_type = RECIPE_MODELS[name]
     assert cfg.actor_rollout_ref.model.path == model_path
 
-    # The plugin module the recipe names is what registers the estimator.
+    # The plugin module the recipe names is what registers the estimator; verl's standalone weight receiver imports
+    # it too (separate_async), where it looks up the gloo checkpoint engine and the hf rollout.
     importlib.import_module(cfg.actor_rollout_ref.model.external_lib)
+    assert cfg.actor_rollout_ref.rollout.checkpoint_engine.custom_backend_module == "verl_reflect.register"
     assert cfg.algorithm.adv_estimator == "reflect_grpo"
     assert get_adv_estimator_fn(cfg.algorithm.adv_estimator) is compute_reflect_grpo_advantage
     assert omega_conf_to_dataclass(cfg.algorithm).adv_estimator == "reflect_grpo"

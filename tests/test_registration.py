@@ -22,10 +22,6 @@ def test_import_verl_loads_the_plugin_through_its_entry_point():
         "assert 'cpu' in PlatformRegistry.registered_names() and OmegaConf.has_resolver('verl_reflect.tiny_model')\n"
         # What import verl loads stays light: verl's trainer and the rest of the plugin wait until a process asks.
         "assert not {'verl.trainer.ppo.v1', 'verl_reflect.register'} & set(sys.modules), 'import verl got heavy'\n"
-        # separate_async's CheckpointEngineWorker actor imports neither verl's trainer nor external_lib.
-        "from verl.checkpoint_engine import CheckpointEngineRegistry\n"
-        "assert CheckpointEngineRegistry.get('gloo').__module__ == 'verl_reflect.cpu.gloo_checkpoint'\n"
-        "assert 'verl_reflect.register' not in sys.modules\n"
         # TaskRunner.run looks the trainer up here, before any external_lib import.
         "from verl.trainer.ppo.v1 import get_trainer_cls\n"
         "from verl.experimental.agent_loop.agent_loop import _agent_loop_registry\n"

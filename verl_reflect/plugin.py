@@ -3,8 +3,6 @@ recipe's ``external_lib`` is imported, so that ``import verl`` stays about as fa
 
 - the ``cpu`` platform (inert unless ``VERL_PLATFORM=cpu``): verl picks its device platform on import;
 - the ``${verl_reflect.*}`` resolvers, for the config ``main_ppo`` composes and resolves before Ray starts;
-- the ``gloo`` checkpoint engine, once ``verl.checkpoint_engine`` is imported: ``separate_async``'s standalone
-  rollout starts a ``CheckpointEngineWorker`` actor, which never imports ``external_lib``;
 - ``verl_reflect.register`` (everything else), once ``verl.trainer.ppo.v1`` is imported: ``TaskRunner.run`` looks
   the ``reflect_<mode>`` trainer up there before any ``external_lib`` import.
 
@@ -21,10 +19,5 @@ import verl_reflect.cpu.platform  # noqa: F401  (registers the cpu platform; ine
 from verl_reflect.resolvers import register_resolvers
 
 register_resolvers()  # ${verl_reflect.tiny_model:}, ${verl_reflect.required:...}
-# Each hook runs once its verl package is imported in full; the module it imports needs nothing more of verl.
-IMPORT_WHEN = {
-    "verl.checkpoint_engine": "verl_reflect.cpu.gloo_checkpoint",
-    "verl.trainer.ppo.v1": "verl_reflect.register",
-}
-for verl_package, module in IMPORT_WHEN.items():
-    wrapt.register_post_import_hook(lambda _, module=module: importlib.import_module(module), verl_package)
+# A package whose import is never nested in verl's own: the hook runs once it and what it imports are complete.
+wrapt.register_post_import_hook(lambda _: importlib.import_module("verl_reflect.register"), "verl.trainer.ppo.v1")

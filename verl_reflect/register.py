@@ -3,7 +3,8 @@
 ``verl_reflect/cpu/``) and the config resolvers the recipes name (``verl_reflect/resolvers.py``).
 
 Named by every recipe in ``actor_rollout_ref.model.external_lib``, so that verl imports it, loudly, in the trainer
-and in every worker process, and imported by ``verl_reflect.plugin`` (the ``verl.plugins`` entry point) once a process
+and in every worker process, and in ``rollout.checkpoint_engine.custom_backend_module`` (a standalone rollout's weight
+receiver); imported by ``verl_reflect.plugin`` (the ``verl.plugins`` entry point) once a process
 imports verl's trainer package. Importing it again is a no-op.
 """
 

@@ -3,7 +3,7 @@
 verl's ``separate_async`` trainer refuses the colocated ``naive`` engine (``trainer_separate_async.py:73``) and its
 other engines need GPUs (``nccl`` imports cupy, ``nixl``/``mooncake`` RDMA, ``hccl`` Ascend), so on a CPU it stops at
 "Checkpoint engine nccl not registered". This engine is registered in verl's ``CheckpointEngineRegistry`` by the
-plugin's ``register`` (imported in every process); select it with
+plugin's ``register`` (the recipes' ``external_lib`` and ``checkpoint_engine.custom_backend_module``); select it with
 ``actor_rollout_ref.rollout.checkpoint_engine.backend=gloo``.
 
 Per sync, actor rank 0 (the master) opens a ``TCPStore``; it and every rollout worker form a gloo group of their own
