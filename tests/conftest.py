@@ -35,9 +35,30 @@ def tiny_default(tiny_model_dir, monkeypatch):
     monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
 
 
+# The files that start verl's trainer, longest first (worker-seconds in the full suite on 2 cores): the async modes
+# (about 430), the demo and its control (330), the dry-run steps (300), the vLLM tier (250), the toy-task run (150),
+# verl's rollout servers for the commands (60).
+TRAINER_FILES_LONGEST_FIRST = (
+    "test_async_trainers.py",
+    "test_learning.py",
+    "test_dry_run.py",
+    "test_vllm_cpu.py",
+    "test_trainer.py",
+    "test_servers.py",
+)
+
+
 def pytest_collection_modifyitems(items):
-    """Files that start verl's trainer run first, each file's tests kept together and in order: under the README's
-    ``-n 2 --dist loadfile --no-loadscope-reorder`` both workers begin on the long runs and the fast files fill the
-    gaps, instead of one long file starting last while the other worker idles."""
-    trainer_files = {item.path for item in items if item.get_closest_marker("trainer")}
-    items.sort(key=lambda item: item.path not in trainer_files)  # stable
+    """Files that start verl's trainer run first, longest first, each file's tests kept together and in order: under
+    the README's ``-n 2 --dist loadfile --no-loadscope-reorder`` xdist hands out the 1st and 3rd file to one worker
+    and the 2nd and 4th to the other, the rest as workers free up, so both begin on long runs (730 and 580
+    worker-seconds, then the toy-task run) and the fast files fill the gaps, instead of one long file starting last
+    while the other worker idles."""
+    trainer_files = {item.path.name for item in items if item.get_closest_marker("trainer")}
+    order = [name for name in TRAINER_FILES_LONGEST_FIRST if name in trainer_files]
+    order += sorted(trainer_files - set(order))  # a new trainer file: after the measured ones, before the fast ones
+
+    def rank(item) -> int:
+        return order.index(item.path.name) if item.path.name in order else len(order)
+
+    items.sort(key=rank)  # stable: a file's tests stay in order, the fast files in collection order

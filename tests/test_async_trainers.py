@@ -100,7 +100,6 @@ def colocate_run(tmp_path_factory, tiny_model_dir):
         tmp_path,
         tiny_model_dir.parent,
         OWN_RAY,
-        "toy_tasks.gated",
         *async_overrides("colocate_async"),
         "actor_rollout_ref.rollout.max_num_seqs=4",  # one group a decode batch: see the module docstring
         "actor_rollout_ref.actor.ppo_mini_batch_size=2",  # two mini-batches a step: each must have a trained token
@@ -191,7 +190,6 @@ def two_node_run(tmp_path_factory, tiny_model_dir):
             tmp_path,
             tiny_model_dir.parent,
             attach,
-            "toy_tasks.gated",
             *separate_async_overrides(),
             splits=write_gated_task(tmp_path),
             steps=ASYNC_STEPS,

@@ -1,16 +1,19 @@
 """verl's real trainer: ``python -m verl.trainer.main_ppo`` with ``recipes/countdown_tiny_cpu.yaml``, as a subprocess.
 
-Two runs (about a minute and a half apiece on 2 cores), on test-only tasks (``tests/fixtures/toy_tasks``):
+One run of 4 steps (about a minute and a half on 2 cores), on tasks added in the tests only, the README's "Adding a
+task" way: verifiers in a package the recipe allows (``tests/fixtures/toy_tasks``), an agent-loop YAML with their
+own prompts and turn caps (``tests/fixtures/agent_loops/toy_tasks.yaml``) and rows the test writes. Nothing in
+``verl_reflect/``, ``reward_fns/`` or ``recipes/`` knows them.
 
-- ``toy_tasks.parity``, 3 steps: about half the answers are right. ``verl-reflect build-failures`` keeps the prompts
-  the tiny model failed, with their failed attempts, and the trainer replays them (``attempt: replay``) from step 2:
-  every row reflects on its group's stored failure, retries are right about half the time, reflections get
-  advantages, and the weights move. Step 1's batch is ``toy_tasks.gated`` rows that are always solved first try, so
-  it holds no reflection token: verl's own ``sync`` trainer crashes there (``rollout_corr_helper.py``),
-  ``reflect_sync`` skips the update. Checks what the trainer trained on (its own dump), the weight sync, per-step
-  and validation metrics, and that the saved checkpoint loads in ``verl-reflect eval``.
-- ``toy_tasks.reverse``, 2 steps: a task added as the README's "Adding a task" says, in the tests only, from its
-  failure set through training and validation.
+- Step 1's batch is ``toy_tasks.gated`` rows that are always solved first try, so it holds no reflection token:
+  verl's own ``sync`` trainer crashes there (``rollout_corr_helper.py``), ``reflect_sync`` skips the update.
+- Steps 2-3 replay ``toy_tasks.parity`` failures (``attempt: replay``): ``verl-reflect build-failures`` keeps the
+  prompts the tiny model failed, with their failed attempts; every row reflects on its group's stored failure,
+  retries are right about half the time (a coin), reflections get advantages, and the weights move.
+- Step 4 replays ``toy_tasks.reverse`` failures (write a word backwards), which the tiny model never solves.
+
+Checks what the trainer trained on (its own dump), the weight sync, per-step and per-task validation metrics, and
+that the saved checkpoint loads in ``verl-reflect eval``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from safetensors.torch import load_file
 
 from verl_reflect import data
@@ -32,22 +36,11 @@ from verl_reflect.commands.main_ppo import MainPPORun, run_main_ppo
 pytestmark = pytest.mark.trainer
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 2
-
-
 FIXTURES = REPO / "tests" / "fixtures"
 # The recipe allows the test-only task package; a dataset alone cannot make reward_fns import it.
 TOY_TASKS = "reward.custom_reward_function.reward_kwargs.task_packages=[toy_tasks]"
-
-
-def write_task_data(directory: Path, data_source: str) -> tuple[Path, Path]:
-    """Countdown prompts scored by a toy task (``data_source``), as train/test parquet."""
-    paths = []
-    for split, size in (("train", 32), ("test", 8)):
-        rows = [{**row, "data_source": data_source} for row in data.countdown_rows(size, seed=1, split=split)]
-        data.write_parquet(rows, directory / f"{split}.parquet")
-        paths.append(directory / f"{split}.parquet")
-    return paths[0], paths[1]
+TOY_LOOP = FIXTURES / "agent_loops" / "toy_tasks.yaml"
+AGENT_LOOP = "actor_rollout_ref.rollout.agent.agent_loop_config_path"
 
 
 def build_failure_set(train: Path, out: Path, cache_dir: Path, *overrides: str) -> Path:
@@ -73,30 +66,17 @@ OWN_RAY: tuple[dict, list] = ({}, [])
 
 
 def train(
-    tmp_path: Path,
-    cache_dir: Path,
-    ray: tuple[dict, list],
-    data_source: str,
-    *overrides: str,
-    failure_set=False,
-    splits=None,
-    steps=STEPS,
+    tmp_path: Path, cache_dir: Path, ray: tuple[dict, list], *overrides: str, splits: tuple[Path, Path], steps: int
 ) -> MainPPORun:
-    """Train ``steps`` steps through the harness every command uses (``ray``: ``OWN_RAY``, or the ``(env, overrides)``
-    that attach it to a running Ray cluster).
-
-    ``failure_set``: train on what ``verl-reflect build-failures`` keeps of the train split (replayed attempts).
-    ``splits``: the train and test parquet (default: Countdown prompts scored by ``data_source``).
-    """
-    train_file, test = splits or write_task_data(tmp_path, data_source)
-    overrides = (TOY_TASKS, *overrides)
-    if failure_set:
-        train_file = build_failure_set(train_file, tmp_path / "failures.parquet", cache_dir, *overrides)
+    """Train ``steps`` steps on ``splits`` (train and test parquet) through the harness every command uses (``ray``:
+    ``OWN_RAY``, or the ``(env, overrides)`` that attach it to a running Ray cluster)."""
+    train_file, test = splits
     ray_env, ray_overrides = ray
     return run_main_ppo(
         "countdown_tiny_cpu",
         [
             *ray_overrides,
+            TOY_TASKS,
             f"data.train_files={train_file}",
             f"data.val_files={test}",
             f"trainer.total_training_steps={steps}",
@@ -115,7 +95,7 @@ def train(
     )
 
 
-def check_ran(run: MainPPORun, steps: int = STEPS) -> None:
+def check_ran(run: MainPPORun, steps: int) -> None:
     assert run.returncode == 0, run.log[-4000:]
     assert [step["training/global_step"] for step in run.steps] == list(range(1, steps + 1))
     for step in run.steps:  # verl's file logger writes NaN as null
@@ -123,19 +103,45 @@ def check_ran(run: MainPPORun, steps: int = STEPS) -> None:
         assert not nan, f"NaN logged at step {step['training/global_step']}: {nan}"
 
 
-def trained_rows(run: dict, step: int) -> list[dict]:
+def trained_rows(run: MainPPORun, step: int) -> list[dict]:
     path = run.out_dir / "rollouts" / f"trained_{step}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-# The parity run: step 1 trains nothing (its batch is solved first try), steps 2-3 replay stored failures.
-PARITY_STEPS = 3
-SOLVED_STEP, REPLAY_STEPS = 1, range(2, PARITY_STEPS + 1)
+# train_batch_size prompts a step, data.shuffle=false: the train file's rows in order.
+BATCH = 4
+SOLVED_STEP, PARITY_REPLAY_STEPS, REVERSE_STEP = 1, (2, 3), 4
+STEPS = REVERSE_STEP
+WORDS = ("planet", "orange", "silver", "garden", "candle", "motion", "pepper", "forest", "bridge", "window")
 
 
-def behind_a_solved_batch(failure_set: Path, out: Path) -> Path:
-    """``failure_set`` behind one batch (``train_batch_size``) of ``toy_tasks.gated`` rows that are always solved on
-    the first try: with ``data.shuffle=false`` the first step has no reflection token."""
+def reverse_rows(words: tuple[str, ...], split: str) -> list[dict]:
+    return [
+        data.make_row(
+            "toy_tasks.reverse",
+            "You reverse words.",
+            f"Write the word {word} backwards inside <answer> </answer> tags.",
+            json.dumps({"word": word}),
+            index=i,
+            split=split,
+        )
+        for i, word in enumerate(words)
+    ]
+
+
+def write_toy_tasks(directory: Path, cache_dir: Path) -> tuple[Path, Path]:
+    """The run's train file, one batch a step: gated rows solved first try, then parity failures, then reverse
+    failures (both from ``build-failures``, kept in ``directory/failures.parquet``); the test file: both tasks."""
+    parity = [{**row, "data_source": "toy_tasks.parity"} for row in data.countdown_rows(32, seed=1, split="train")]
+    data.write_parquet(parity + reverse_rows(WORDS[:BATCH], "train"), directory / "tasks.parquet")
+    failure_set = build_failure_set(
+        directory / "tasks.parquet", directory / "failures.parquet", cache_dir, TOY_TASKS, f"{AGENT_LOOP}={TOY_LOOP}"
+    )
+    failures = data.read_rows(failure_set)
+    parity_failures = [row for row in failures if row["data_source"] == "toy_tasks.parity"]
+    reverse_failures = [row for row in failures if row["data_source"] == "toy_tasks.reverse"]
+    # Greedy first attempts fail about half the parity prompts (a coin), and every reverse prompt.
+    assert len(parity_failures) >= 2 * BATCH and len(reverse_failures) == BATCH
     solved = [
         {
             **row,
@@ -143,51 +149,53 @@ def behind_a_solved_batch(failure_set: Path, out: Path) -> Path:
             "reward_model": {"style": "rule", "ground_truth": json.dumps({"first_try": True})},
             data.FAILED_ATTEMPTS: [],
         }
-        for row in data.countdown_rows(4, seed=2, split="train")
+        for row in data.countdown_rows(BATCH, seed=2, split="train")
     ]
-    data.write_parquet(solved + data.read_rows(failure_set), out)
-    return out
+    data.write_parquet(solved + parity_failures[: 2 * BATCH] + reverse_failures, directory / "train.parquet")
+    test = [{**row, "data_source": "toy_tasks.parity"} for row in data.countdown_rows(8, seed=1, split="test")]
+    data.write_parquet(test + reverse_rows(WORDS[8:], "test"), directory / "test.parquet")
+    return directory / "train.parquet", directory / "test.parquet"
 
 
 @pytest.fixture(scope="module")
-def parity_run(tmp_path_factory, tiny_model_dir):
-    tmp_path = tmp_path_factory.mktemp("parity")
-    train_file, test = write_task_data(tmp_path, "toy_tasks.parity")
-    failure_set = build_failure_set(train_file, tmp_path / "failures.parquet", tiny_model_dir.parent, TOY_TASKS)
+def toy_run(tmp_path_factory, tiny_model_dir):
+    tmp_path = tmp_path_factory.mktemp("toy_tasks")
     return train(
         tmp_path,
         tiny_model_dir.parent,
         OWN_RAY,
-        "toy_tasks.parity",
+        f"{AGENT_LOOP}={TOY_LOOP}",
         # A large learning rate moves the policy far in one step, so a rollout server left on stale weights shows.
         "actor_rollout_ref.actor.optim.lr=1e-2",
         "data.shuffle=false",
-        splits=(behind_a_solved_batch(failure_set, tmp_path / "solved_then_failures.parquet"), test),
-        steps=PARITY_STEPS,
+        f"trainer.test_freq={STEPS}",
+        splits=write_toy_tasks(tmp_path, tiny_model_dir.parent),
+        steps=STEPS,
     )
 
 
-def replay_steps(run: MainPPORun) -> list[dict]:
-    check_ran(run, PARITY_STEPS)
-    return [step for step in run.steps if step["training/global_step"] in REPLAY_STEPS]
+def step_metrics(run: MainPPORun, step: int) -> dict:
+    check_ran(run, STEPS)
+    return run.steps[step - 1]
 
 
-def test_main_ppo_trains_every_replay_step_and_logs_reflect_metrics(parity_run):
-    for step in replay_steps(parity_run):
+def test_main_ppo_trains_every_parity_step_and_logs_reflect_metrics(toy_run):
+    for step in PARITY_REPLAY_STEPS:
+        metrics = step_metrics(toy_run, step)
         for key in ("reflect/first_try_correct", "reflect/final_correct", "reflect/reflected", "actor/pg_loss"):
-            assert math.isfinite(step[key]), key
-        assert step["reflect/skipped_update"] == 0.0
+            assert math.isfinite(metrics[key]), key
+        assert metrics["reflect/skipped_update"] == 0.0
         # Failure replay: every row starts from its stored failed attempt and reflects.
-        assert step["reflect/replayed_attempt"] == step["reflect/reflected"] == 1.0
-        assert step["reflect/first_try_correct"] == 0.0
-        assert 0 < step["reflect/rows_with_gradient"] and 0 < step["reflect/final_correct"] < 1
+        assert metrics["reflect/replayed_attempt"] == metrics["reflect/reflected"] == 1.0
+        assert metrics["reflect/first_try_correct"] == 0.0
+        assert 0 < metrics["reflect/rows_with_gradient"] and 0 < metrics["reflect/final_correct"] < 1
 
 
-def test_advantage_is_non_zero_only_on_reflection_tokens(parity_run):
-    check_ran(parity_run, PARITY_STEPS)
-    for step in REPLAY_STEPS:
-        rows = trained_rows(parity_run, step)
-        assert len(rows) == 4 * 4  # train_batch_size x n
+def test_advantage_is_non_zero_only_on_reflection_tokens(toy_run):
+    check_ran(toy_run, STEPS)
+    for step in (*PARITY_REPLAY_STEPS, REVERSE_STEP):
+        rows = trained_rows(toy_run, step)
+        assert len(rows) == BATCH * 4  # train_batch_size x n
         for row in rows:
             reflection_positions = {
                 position
@@ -201,51 +209,74 @@ def test_advantage_is_non_zero_only_on_reflection_tokens(parity_run):
             assert trained <= masked
             if trained:  # an advantage covers the whole reflection, with one value
                 assert trained == masked and len({row["advantages"][i] for i in trained}) == 1
-        assert any(any(row["advantages"]) for row in rows)
+        assert any(any(row["advantages"]) for row in rows) == (step in PARITY_REPLAY_STEPS)
 
 
-def test_every_row_of_a_group_replays_the_groups_stored_failure(parity_run):
-    check_ran(parity_run, PARITY_STEPS)
+def test_every_row_of_a_group_replays_the_groups_stored_failure(toy_run):
+    check_ran(toy_run, STEPS)
     stored = {
-        row["extra_info"]["index"]: row["failed_attempts"][0]["token_ids"]
-        for row in data.read_rows(parity_run.out_dir / "failures.parquet")
+        (row["data_source"], row["extra_info"]["index"]): row["failed_attempts"][0]["token_ids"]
+        for row in data.read_rows(toy_run.out_dir / "failures.parquet")
     }
-    for step in REPLAY_STEPS:
+    for step, data_source in [(s, "toy_tasks.parity") for s in PARITY_REPLAY_STEPS] + [
+        (REVERSE_STEP, "toy_tasks.reverse")
+    ]:
         attempts_by_group: dict[str, set] = {}
-        for row in trained_rows(parity_run, step):
+        for row in trained_rows(toy_run, step):
             (attempt,) = [turn for turn in row["turns"] if turn["kind"] == "attempt"]
             ids = tuple(row["response_ids"][attempt["start"] : attempt["start"] + attempt["num_tokens"]])
             attempts_by_group.setdefault(row["key"].split("_")[0], set()).add(ids)
         assert all(len(attempts) == 1 for attempts in attempts_by_group.values())  # one failure per group
-        # ... and it is a failed attempt build-failures stored, token for token.
+        # ... and it is a failed attempt build-failures stored for this step's task, token for token.
         assert {ids for attempts in attempts_by_group.values() for ids in attempts} <= {
-            tuple(ids) for ids in stored.values()
+            tuple(ids) for (source, _), ids in stored.items() if source == data_source
         }
 
 
-def test_weights_change_and_the_rollout_server_samples_from_them(parity_run, tiny_model_dir):
-    check_ran(parity_run, PARITY_STEPS)
-    trained = load_file(parity_run.checkpoint(PARITY_STEPS) / "model.safetensors")
+def test_the_tasks_own_agent_loop_yaml_sets_their_prompts_and_caps(toy_run, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    check_ran(toy_run, STEPS)
+    (loop, _) = yaml.safe_load(TOY_LOOP.read_text())
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for step in (*PARITY_REPLAY_STEPS, REVERSE_STEP):
+        for row in trained_rows(toy_run, step):
+            turns = {turn["kind"]: turn for turn in row["turns"]}
+            assert turns["attempt"]["num_tokens"] <= loop["max_attempt_tokens"] == 12
+            assert turns["reflection"]["num_tokens"] <= loop["max_reflection_tokens"] == 10
+            attempt_end = turns["attempt"]["start"] + turns["attempt"]["num_tokens"]
+            request = tokenizer.decode(row["response_ids"][attempt_end : turns["reflection"]["start"]])
+            assert loop["reflection_prompt"] in request
+
+
+def test_a_task_the_model_never_solves_reflects_on_its_stored_failures_without_advantage(toy_run):
+    metrics = step_metrics(toy_run, REVERSE_STEP)
+    assert metrics["reflect/replayed_attempt"] == metrics["reflect/reflected"] == 1.0
+    assert metrics["reflect/final_correct"] == 0.0 and metrics["reflect/rows_with_gradient"] == 0.0
+
+
+def test_weights_change_and_the_rollout_server_samples_from_them(toy_run, tiny_model_dir):
+    trained = load_file(toy_run.checkpoint(STEPS) / "model.safetensors")
     initial = load_file(tiny_model_dir / "model.safetensors")
     assert trained.keys() == initial.keys()
     assert max((trained[name] - initial[name]).abs().max().item() for name in initial) > 1e-3
     # Rollout log-probs against the actor's own: without a weight sync after the first update this is ~7e-4 here.
-    for step in replay_steps(parity_run):
-        assert step["training/rollout_probs_diff_max"] < 2e-4
+    for step in (*PARITY_REPLAY_STEPS, REVERSE_STEP):
+        assert step_metrics(toy_run, step)["training/rollout_probs_diff_max"] < 2e-4
     # Every trajectory of step 3 was generated on the weights synced after step 2, the first update.
-    assert {row["weights_version"] for row in trained_rows(parity_run, 3)} == {2}
+    assert {row["weights_version"] for row in trained_rows(toy_run, 3)} == {2}
 
 
-def test_validation_reports_reflect_stats_per_data_source(parity_run):
-    check_ran(parity_run, PARITY_STEPS)
-    last = parity_run.steps[-1]
-    for stat in ("first_try_correct", "final_correct", "reflection_tokens"):
-        assert f"val-aux/toy_tasks.parity/{stat}/mean@1" in last
+def test_validation_reports_reflect_stats_per_data_source(toy_run):
+    last = step_metrics(toy_run, STEPS)
+    for data_source in ("toy_tasks.parity", "toy_tasks.reverse"):
+        for stat in ("first_try_correct", "final_correct", "reflection_tokens"):
+            assert f"val-aux/{data_source}/{stat}/mean@1" in last
 
 
-def test_saved_checkpoint_loads_in_eval_compare_model(parity_run, tiny_model_dir, tmp_path):
-    check_ran(parity_run, PARITY_STEPS)
-    checkpoint = parity_run.checkpoint(PARITY_STEPS)
+def test_saved_checkpoint_loads_in_eval_compare_model(toy_run, tiny_model_dir, tmp_path):
+    check_ran(toy_run, STEPS)
+    checkpoint = toy_run.checkpoint(STEPS)
     proc = subprocess.run(
         [
             sys.executable,
@@ -266,77 +297,15 @@ def test_saved_checkpoint_loads_in_eval_compare_model(parity_run, tiny_model_dir
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines()[0].split() == ["tiny-random", f"global_step_{PARITY_STEPS}"]  # one column per model
+    assert proc.stdout.splitlines()[0].split() == ["tiny-random", f"global_step_{STEPS}"]  # one column per model
     records = [json.loads(line) for line in (tmp_path / "eval" / "trajectories.jsonl").read_text().splitlines()]
     assert len(records) == 4  # 2 rows x 2 models
 
 
-def test_a_step_with_no_reflection_token_skips_the_update_without_crashing(parity_run):
-    check_ran(parity_run, PARITY_STEPS)  # exit 0, no NaN logged
-    step = parity_run.steps[SOLVED_STEP - 1]
-    assert step["reflect/reflected"] == 0.0 and step["reflect/first_try_correct"] == 1.0
-    assert step["reflect/skipped_update"] == 1.0
-    assert "actor/pg_loss" not in step  # no forward/backward pass was spent
-    for row in trained_rows(parity_run, SOLVED_STEP):
+def test_a_step_with_no_reflection_token_skips_the_update_without_crashing(toy_run):
+    metrics = step_metrics(toy_run, SOLVED_STEP)  # the run exited 0, no NaN logged
+    assert metrics["reflect/reflected"] == 0.0 and metrics["reflect/first_try_correct"] == 1.0
+    assert metrics["reflect/skipped_update"] == 1.0
+    assert "actor/pg_loss" not in metrics  # no forward/backward pass was spent
+    for row in trained_rows(toy_run, SOLVED_STEP):
         assert not any(row["response_mask"]) and not any(row["advantages"])
-
-
-# ----------------------------------------------------------------------------- adding a task
-# The README's "Adding a task", done in the tests only: a verifier module (tests/fixtures/toy_tasks/reverse.py), an
-# agent-loop YAML with the task's prompts and caps (tests/fixtures/agent_loops/reverse.yaml), and rows of its own.
-# Nothing in verl_reflect/, reward_fns/ or recipes/ knows the task.
-
-REVERSE_LOOP = FIXTURES / "agent_loops" / "reverse.yaml"
-WORDS = ("planet", "orange", "silver", "garden", "candle", "motion", "pepper", "forest", "bridge", "window")
-
-
-def write_reverse_task(directory: Path) -> tuple[Path, Path]:
-    paths = []
-    for split, words in (("train", WORDS[:8]), ("test", WORDS[8:])):
-        rows = [
-            data.make_row(
-                "toy_tasks.reverse",
-                "You reverse words.",
-                f"Write the word {word} backwards inside <answer> </answer> tags.",
-                json.dumps({"word": word}),
-                index=i,
-                split=split,
-            )
-            for i, word in enumerate(words)
-        ]
-        data.write_parquet(rows, directory / f"{split}.parquet")
-        paths.append(directory / f"{split}.parquet")
-    return paths[0], paths[1]
-
-
-@pytest.fixture(scope="module")
-def reverse_run(tmp_path_factory, tiny_model_dir):
-    tmp_path = tmp_path_factory.mktemp("reverse")
-    return train(
-        tmp_path,
-        tiny_model_dir.parent,
-        OWN_RAY,
-        "toy_tasks.reverse",
-        f"actor_rollout_ref.rollout.agent.agent_loop_config_path={REVERSE_LOOP}",
-        failure_set=True,
-        splits=write_reverse_task(tmp_path),
-    )
-
-
-def test_a_task_added_in_the_tests_only_builds_failures_trains_and_validates(reverse_run, tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    check_ran(reverse_run)
-    failure_rows = data.read_rows(reverse_run.out_dir / "failures.parquet")
-    assert {row["data_source"] for row in failure_rows} == {"toy_tasks.reverse"} and len(failure_rows) == 8
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    for step in range(1, STEPS + 1):
-        for row in trained_rows(reverse_run, step):
-            turns = {turn["kind"]: turn for turn in row["turns"]}
-            # The task's own caps and prompts, from its YAML.
-            assert turns["attempt"]["num_tokens"] <= 12 and turns["reflection"]["num_tokens"] <= 10
-            attempt_end = turns["attempt"]["start"] + turns["attempt"]["num_tokens"]
-            request = tokenizer.decode(row["response_ids"][attempt_end : turns["reflection"]["start"]])
-            assert "Say which letters you misplaced." in request
-    last = reverse_run.steps[-1]
-    assert "val-aux/toy_tasks.reverse/final_correct/mean@1" in last
