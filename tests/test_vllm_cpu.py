@@ -135,9 +135,6 @@ def pipeline(tmp_path_factory, tiny_model_dir):
                     "trainer.save_freq=-1",
                     # A large learning rate moves the policy far in one step: a rollout on stale weights shows.
                     "actor_rollout_ref.actor.optim.lr=1e-2",
-                    # verl's 8 reward workers hold ~0.5 GB each, which the loop's own scoring leaves idle: on a
-                    # shared 24 GB machine Ray's memory monitor killed this run twice with them.
-                    "reward.num_workers=1",
                 ],
                 out_dir=tmp / "main_ppo",
                 cwd=REPO,
