@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from verl.plugin.platform import PlatformRegistry
 from verl.workers.rollout.base import get_rollout_class
@@ -45,10 +46,12 @@ def _worker_patches(env: dict) -> str:
     return proc.stdout.strip().splitlines()[-1]  # where vLLM is installed, verl imports it, and vLLM logs to stdout
 
 
-def test_worker_patches_apply_only_under_verl_platform_cpu():
+# Untouched without VERL_PLATFORM (a GPU run is unchanged); wrapped under VERL_PLATFORM=cpu (a plain gloo process
+# group). Two tests, not one: each is a fresh Python that imports verl (about 10 s), and the fast tier runs them apart.
+@pytest.mark.parametrize("platform, untouched", [(None, "True"), ("cpu", "False")])
+def test_worker_patches_apply_only_under_verl_platform_cpu(platform, untouched):
     env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
-    assert _worker_patches(env) == "True"  # untouched: a GPU run is unchanged
-    assert _worker_patches({**env, "VERL_PLATFORM": "cpu"}) == "False"  # wrapped: a plain gloo process group
+    assert _worker_patches({**env, **({"VERL_PLATFORM": platform} if platform else {})}) == untouched
 
 
 def test_hf_server_generates_with_the_weights_it_is_handed(tiny_model_dir):
