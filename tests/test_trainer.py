@@ -112,7 +112,7 @@ def trained_rows(run: MainPPORun, step: int) -> list[dict]:
 BATCH = 4
 SOLVED_STEP, PARITY_REPLAY_STEPS, REVERSE_STEP = 1, (2, 3), 4
 STEPS = REVERSE_STEP
-WORDS = ("planet", "orange", "silver", "garden", "candle", "motion", "pepper", "forest", "bridge", "window")
+TRAIN_WORDS, TEST_WORDS = ("planet", "orange", "silver", "garden"), ("bridge", "window")  # one batch; validation
 
 
 def reverse_rows(words: tuple[str, ...], split: str) -> list[dict]:
@@ -133,7 +133,7 @@ def write_toy_tasks(directory: Path, cache_dir: Path) -> tuple[Path, Path]:
     """The run's train file, one batch a step: gated rows solved first try, then parity failures, then reverse
     failures (both from ``build-failures``, kept in ``directory/failures.parquet``); the test file: both tasks."""
     parity = [{**row, "data_source": "toy_tasks.parity"} for row in data.countdown_rows(32, seed=1, split="train")]
-    data.write_parquet(parity + reverse_rows(WORDS[:BATCH], "train"), directory / "tasks.parquet")
+    data.write_parquet(parity + reverse_rows(TRAIN_WORDS, "train"), directory / "tasks.parquet")
     failure_set = build_failure_set(
         directory / "tasks.parquet", directory / "failures.parquet", cache_dir, TOY_TASKS, f"{AGENT_LOOP}={TOY_LOOP}"
     )
@@ -153,7 +153,7 @@ def write_toy_tasks(directory: Path, cache_dir: Path) -> tuple[Path, Path]:
     ]
     data.write_parquet(solved + parity_failures[: 2 * BATCH] + reverse_failures, directory / "train.parquet")
     test = [{**row, "data_source": "toy_tasks.parity"} for row in data.countdown_rows(8, seed=1, split="test")]
-    data.write_parquet(test + reverse_rows(WORDS[8:], "test"), directory / "test.parquet")
+    data.write_parquet(test + reverse_rows(TEST_WORDS, "test"), directory / "test.parquet")
     return directory / "train.parquet", directory / "test.parquet"
 
 
