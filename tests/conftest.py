@@ -35,14 +35,14 @@ def tiny_default(tiny_model_dir, monkeypatch):
     monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
 
 
-# The files that start verl's trainer, longest first (worker-seconds in the full suite on 2 cores): the async modes
-# (about 430), the demo and its control (330), the dry-run steps (300), the vLLM tier (250), the toy-task run (150),
+# The files that start verl's trainer, longest first (worker-seconds in the full suite on 2 cores): the demo and its
+# control (about 400), the async modes (390), the vLLM tier (250), the dry-run step (150), the toy-task run (120),
 # verl's rollout servers for the commands (60).
 TRAINER_FILES_LONGEST_FIRST = (
-    "test_async_trainers.py",
     "test_learning.py",
-    "test_dry_run.py",
+    "test_async_trainers.py",
     "test_vllm_cpu.py",
+    "test_dry_run.py",
     "test_trainer.py",
     "test_servers.py",
 )
@@ -51,7 +51,7 @@ TRAINER_FILES_LONGEST_FIRST = (
 def pytest_collection_modifyitems(items):
     """Files that start verl's trainer run first, longest first, each file's tests kept together and in order: under
     the README's ``-n 2 --dist loadfile --no-loadscope-reorder`` xdist hands out the 1st and 3rd file to one worker
-    and the 2nd and 4th to the other, the rest as workers free up, so both begin on long runs (730 and 580
+    and the 2nd and 4th to the other, the rest as workers free up, so both begin on long runs (650 and 540
     worker-seconds, then the toy-task run) and the fast files fill the gaps, instead of one long file starting last
     while the other worker idles."""
     trainer_files = {item.path.name for item in items if item.get_closest_marker("trainer")}

@@ -1,7 +1,8 @@
 """``verl-reflect dry-run``: every shipped recipe passes, and each class of mistake a shared recipe can carry is caught.
 
 The seeded mistakes run the static checks in this process (``--static-only``: none needs the trainer to show);
-the shipped recipes run the whole dry run, one real ``main_ppo`` step on CPU each (about 2 minutes on 2 cores).
+one shipped recipe, shared from another folder, runs the whole dry run with its real ``main_ppo`` step on CPU
+(about 2 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -175,22 +176,21 @@ def test_a_recipe_that_does_not_compose_is_one_line_and_exit_2(capsys):
 
 
 @pytest.mark.trainer
-@pytest.mark.parametrize("recipe", ["countdown_qwen2.5-7b", "function_calling_phi3.5-mini"])
-def test_a_shipped_recipe_passes_a_dry_run_with_a_real_trainer_step(recipe, tiny_model_dir, tmp_path):
-    """One trainer step per shipped agent loop (the recipes differ from each other only in model and batch sizes,
-    and the step swaps in the tiny model); the function-calling recipe is shared from another folder, as a lab would
-    receive it, so the CPU platform group comes from this repository's recipes on Hydra's search path.
+def test_a_shared_recipe_passes_a_dry_run_with_a_real_trainer_step(tiny_model_dir, tmp_path):
+    """The trainer step of a shipped recipe shared from another folder, as a lab would receive it: the CPU platform
+    group comes from this repository's recipes on Hydra's search path.
 
-    Both take ``--step-rollout hf``: the countdown recipe's own vLLM rollout costs 155 s and 222 CPU-seconds against
-    103 s and 151 on hf here, and what it adds is covered apart: the vLLM tier (``tests/test_vllm_cpu.py``) runs
-    main_ppo on vLLM with the same ``+cpu=vllm`` group, and ``test_the_vllm_step_composes_the_recipes_rollout_on_cpu``
-    composes the step the dry run would launch."""
-    config_dir = REPO / "recipes"
-    if recipe.startswith("function_calling"):
-        config_dir = tmp_path / "their_recipes"
-        config_dir.mkdir()
-        for name in (f"{recipe}.yaml", "_reflect_grpo.yaml"):
-            (config_dir / name).write_text((REPO / "recipes" / name).read_text())
+    One step for all recipes: the step swaps in the tiny model, so the shipped recipes differ there only in batch
+    sizes and their task's agent-loop YAML, which ``tests/test_recipes.py`` builds for each task as verl's
+    AgentLoopWorker does (a countdown step cost 130-160 s more of the suite). It takes ``--step-rollout hf``: a vLLM
+    recipe's step on vLLM costs 155 s and 222 CPU-seconds against 103 s and 151 on hf here, and what it adds is
+    covered apart: the vLLM tier (``tests/test_vllm_cpu.py``) runs main_ppo on vLLM with the same ``+cpu=vllm``
+    group, and ``test_the_vllm_step_composes_the_recipes_rollout_on_cpu`` composes the step the dry run launches."""
+    recipe = "function_calling_phi3.5-mini"
+    config_dir = tmp_path / "their_recipes"
+    config_dir.mkdir()
+    for name in (f"{recipe}.yaml", "_reflect_grpo.yaml"):
+        (config_dir / name).write_text((REPO / "recipes" / name).read_text())
     env = {
         **os.environ,
         "VERL_REFLECT_CACHE": str(tiny_model_dir.parent),  # the tiny model this test session already built
