@@ -125,7 +125,13 @@ def test_a_weight_load_waits_for_the_batch_being_decoded(tiny_model_dir):
             await asyncio.sleep(0.005)
         state = {name: tensor + 0.5 for name, tensor in server.backend.model.state_dict().items()}
         await server.update_weights(state, global_steps=1)
-        assert task.done()  # the load returned only after the batch did
+        # The load returned only after the batch did: the call's result is set, and its task ends within a few turns
+        # of the event loop (the load's own wake-up can come first). Mid-batch, decoding would take far longer.
+        for _ in range(20):
+            if task.done():
+                break
+            await asyncio.sleep(0)
+        assert task.done()
         return reference, task.result(), await server.generate(prompt, dict(GREEDY), "after")
 
     reference, during, after = asyncio.run(main())
