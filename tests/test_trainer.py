@@ -111,6 +111,7 @@ def trained_rows(run: MainPPORun, step: int) -> list[dict]:
 # train_batch_size prompts a step, data.shuffle=false: the train file's rows in order.
 BATCH = 4
 SOLVED_STEP, PARITY_REPLAY_STEPS, REVERSE_STEP = 1, (2, 3), 4
+REPLAY_STEPS = (*PARITY_REPLAY_STEPS, REVERSE_STEP)
 STEPS = REVERSE_STEP
 TRAIN_WORDS, TEST_WORDS = ("planet", "orange", "silver", "garden"), ("bridge", "window")  # one batch; validation
 
@@ -193,7 +194,7 @@ def test_main_ppo_trains_every_parity_step_and_logs_reflect_metrics(toy_run):
 
 def test_advantage_is_non_zero_only_on_reflection_tokens(toy_run):
     check_ran(toy_run, STEPS)
-    for step in (*PARITY_REPLAY_STEPS, REVERSE_STEP):
+    for step in REPLAY_STEPS:
         rows = trained_rows(toy_run, step)
         assert len(rows) == BATCH * 4  # train_batch_size x n
         for row in rows:
@@ -218,9 +219,8 @@ def test_every_row_of_a_group_replays_the_groups_stored_failure(toy_run):
         (row["data_source"], row["extra_info"]["index"]): row["failed_attempts"][0]["token_ids"]
         for row in data.read_rows(toy_run.out_dir / "failures.parquet")
     }
-    for step, data_source in [(s, "toy_tasks.parity") for s in PARITY_REPLAY_STEPS] + [
-        (REVERSE_STEP, "toy_tasks.reverse")
-    ]:
+    for step in REPLAY_STEPS:
+        data_source = "toy_tasks.reverse" if step == REVERSE_STEP else "toy_tasks.parity"
         attempts_by_group: dict[str, set] = {}
         for row in trained_rows(toy_run, step):
             (attempt,) = [turn for turn in row["turns"] if turn["kind"] == "attempt"]
@@ -239,7 +239,7 @@ def test_the_tasks_own_agent_loop_yaml_sets_their_prompts_and_caps(toy_run, tiny
     check_ran(toy_run, STEPS)
     (loop, _) = yaml.safe_load(TOY_LOOP.read_text())
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    for step in (*PARITY_REPLAY_STEPS, REVERSE_STEP):
+    for step in REPLAY_STEPS:
         for row in trained_rows(toy_run, step):
             turns = {turn["kind"]: turn for turn in row["turns"]}
             assert turns["attempt"]["num_tokens"] <= loop["max_attempt_tokens"] == 12
@@ -261,7 +261,7 @@ def test_weights_change_and_the_rollout_server_samples_from_them(toy_run, tiny_m
     assert trained.keys() == initial.keys()
     assert max((trained[name] - initial[name]).abs().max().item() for name in initial) > 1e-3
     # Rollout log-probs against the actor's own: without a weight sync after the first update this is ~7e-4 here.
-    for step in (*PARITY_REPLAY_STEPS, REVERSE_STEP):
+    for step in REPLAY_STEPS:
         assert step_metrics(toy_run, step)["training/rollout_probs_diff_max"] < 2e-4
     # Every trajectory of step 3 was generated on the weights synced after step 2, the first update.
     assert {row["weights_version"] for row in trained_rows(toy_run, 3)} == {2}
