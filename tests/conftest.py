@@ -62,3 +62,12 @@ def pytest_collection_modifyitems(items):
         return order.index(item.path.name) if item.path.name in order else len(order)
 
     items.sort(key=rank)  # stable: a file's tests stay in order, the fast files in collection order
+
+
+def pytest_unconfigure(config):
+    """Nothing is left to collect: at exit Python's collector would walk every object the session made (verl,
+    torch, transformers) several times over, 2-5 s of CPU per test process (measured: an interpreter that imported
+    verl's workers exits in 1.9-2.3 s, 0.3 s after ``gc.freeze()``)."""
+    import gc
+
+    gc.freeze()

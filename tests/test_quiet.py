@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import doctest
 import os
-import subprocess
-import sys
 
 import pytest
+from fresh_python import run_python
 
 from verl_reflect.commands import quiet
 
@@ -24,7 +23,7 @@ NOISE = ("No supported accelerator detected", "engine is not available")
 
 def stderr_of(code: str, **env: str) -> str:
     full_env = {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM", quiet.VERBOSE_ENV)}
-    proc = subprocess.run([sys.executable, "-c", code], env={**full_env, **env}, capture_output=True, text=True)
+    proc = run_python(code, {**full_env, **env})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout + proc.stderr
 

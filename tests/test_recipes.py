@@ -14,6 +14,7 @@ import pytest
 from chat_families import family_tokenizer
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
 from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from verl.trainer.ppo.reward import get_custom_reward_fn
@@ -144,22 +145,23 @@ def test_recipe_resolves_estimator_agent_loop_and_reward(name, monkeypatch):
 
 def test_a_launch_without_training_data_stops_and_says_what_to_set():
     # Regression: the recipes once said `train_files: ???`, which OmegaConf drops when merging over verl's own
-    # default, so a launch without data.train_files went on with verl's GSM8K paths. `--cfg job --resolve` makes
-    # verl's own entry point compose and resolve the config as a launch does, then stop before Ray starts.
-    result = subprocess.run(
-        main_ppo_command(RECIPES[0], ["data.val_files=/data/test.parquet", "--cfg", "job", "--resolve"]),
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )  # fmt: skip
-    assert result.returncode != 0
-    assert "data.train_files is not set: add data.train_files=<path> to the command" in result.stdout + result.stderr
-    assert "gsm8k" not in (result.stdout + result.stderr).lower()
+    # default, so a launch without data.train_files went on with verl's GSM8K paths. Composed and resolved as
+    # main_ppo composes and resolves it; that main_ppo's process has the resolver is the test below.
+    path = recipe.recipe_file(RECIPES[0])
+    cfg = recipe.compose_unresolved(path.parent, path.stem, ["data.val_files=/data/test.parquet"])
+    assert "gsm8k" not in OmegaConf.to_yaml(cfg.data).lower()
+    with pytest.raises(
+        InterpolationResolutionError, match=r"data\.train_files is not set: add data\.train_files=<path> to the command"
+    ):
+        OmegaConf.resolve(cfg)
 
 
 def test_the_readme_training_command_composes():
-    # `--cfg job` makes verl's own entry point compose and print the config, then exit before training.
+    # `--cfg job --resolve` makes verl's own entry point compose, resolve (the recipes' resolvers are registered in
+    # its process by `import verl`) and print the config, then exit before Ray starts.
     name = RECIPES[0]
     result = subprocess.run(
-        main_ppo_command(name, [*DATA, "--cfg", "job"]),
+        main_ppo_command(name, [*DATA, "--cfg", "job", "--resolve"]),
         capture_output=True,
         text=True,
         timeout=300,
@@ -171,6 +173,7 @@ def test_the_readme_training_command_composes():
     assert printed.algorithm.adv_estimator == "reflect_grpo"
     assert printed.actor_rollout_ref.rollout.agent.default_agent_loop == "reflect_retry"
     assert printed.actor_rollout_ref.model.external_lib == "verl_reflect.register"
+    assert printed.data.train_files == "/data/train.parquet"  # the required-value resolver, resolved in main_ppo
 
 
 class _AnswerServer:

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+
+from fresh_python import run_python
 
 
-def run_python(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
-    )
-
-
-def test_import_verl_loads_the_plugin_through_its_entry_point():
+def test_import_verl_loads_the_plugin_through_its_entry_point_and_leaves_a_gpu_process_as_it_was():
     result = run_python(
         "import sys, verl\n"
         "from verl.plugin.platform import PlatformRegistry\n"
@@ -29,6 +23,11 @@ def test_import_verl_loads_the_plugin_through_its_entry_point():
         "assert get_trainer_cls('reflect_sync').__module__ == 'verl_reflect.trainer'\n"
         "assert 'reflect_retry' in _agent_loop_registry, 'agent loop missing'\n"
         "assert 'reflect_grpo' in ADV_ESTIMATOR_REGISTRY, 'estimator missing'\n"
+        # The cpu platform is inert: verl's workers keep their own process-group init (the patched case:
+        # tests/test_cpu_path.py).
+        "import verl.workers.engine_workers as w, verl.utils.distributed as d\n"
+        "assert w.initialize_global_process_group_ray is d.initialize_global_process_group_ray, 'workers patched'\n",
+        env={k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"},  # as in a GPU run's processes
     )
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -43,7 +42,7 @@ def test_external_lib_registers_in_a_process_without_entry_points():
         "import_external_libs('verl_reflect.register')\n"
         "from verl.experimental.agent_loop.agent_loop import _agent_loop_registry\n"
         "assert 'reflect_grpo' in ADV_ESTIMATOR_REGISTRY and 'reflect_retry' in _agent_loop_registry\n",
-        VERL_USE_EXTERNAL_PLUGINS="none",
+        env={**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "none"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
 
