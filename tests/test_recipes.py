@@ -12,7 +12,6 @@ from pathlib import Path
 import hydra
 import pytest
 from chat_families import family_tokenizer
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
@@ -36,9 +35,9 @@ RECIPES = sorted(
 DATA = ["data.train_files=/data/train.parquet", "data.val_files=/data/test.parquet"]
 
 
-def compose_recipe(name: str):
-    with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base=None):
-        cfg = compose(config_name=name, overrides=DATA)
+def compose_recipe(name: str, overrides: list[str] = DATA) -> DictConfig:
+    """``name`` composed with ``overrides`` and resolved, as main_ppo does before handing the config to its workers."""
+    cfg = recipe.compose_unresolved(REPO / "recipes", name, overrides)
     OmegaConf.resolve(cfg)
     return cfg
 
@@ -147,8 +146,7 @@ def test_a_launch_without_training_data_stops_and_says_what_to_set():
     # Regression: the recipes once said `train_files: ???`, which OmegaConf drops when merging over verl's own
     # default, so a launch without data.train_files went on with verl's GSM8K paths. Composed and resolved as
     # main_ppo composes and resolves it; that main_ppo's process has the resolver is the test below.
-    path = recipe.recipe_file(RECIPES[0])
-    cfg = recipe.compose_unresolved(path.parent, path.stem, ["data.val_files=/data/test.parquet"])
+    cfg = recipe.compose_unresolved(REPO / "recipes", RECIPES[0], ["data.val_files=/data/test.parquet"])
     assert "gsm8k" not in OmegaConf.to_yaml(cfg.data).lower()
     with pytest.raises(
         InterpolationResolutionError, match=r"data\.train_files is not set: add data\.train_files=<path> to the command"
@@ -216,9 +214,7 @@ def _trainer_loop(name: str, overrides: list[str]):
     from verl.utils.import_utils import resolve_config_path
     from verl.workers.config import HFModelConfig
 
-    with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base=None):
-        cfg = compose(config_name=name, overrides=overrides)
-    OmegaConf.resolve(cfg)  # as main_ppo does before handing the config to its workers
+    cfg = compose_recipe(name, overrides)
     rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
     model = omega_conf_to_dataclass(cfg.actor_rollout_ref.model, dataclass_type=HFModelConfig)
     registry = {e.name: e for e in OmegaConf.load(resolve_config_path(rollout.agent.agent_loop_config_path))}
