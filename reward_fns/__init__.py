@@ -24,9 +24,11 @@ This package is pure standard library, so reward workers never import torch or v
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
 import importlib.metadata
+import inspect
 import keyword
 import pkgutil
 import reprlib
@@ -188,11 +190,24 @@ def compute_score(
     extra_info: dict | None = None,
     task_packages: Iterable[str] = (),
     **kwargs: Any,
-) -> float:
+) -> float | dict[str, Any]:
     """Score ``solution_str`` with the task module named by ``data_source`` (``task_packages``: see
-    ``get_compute_score``; verl passes the recipe's ``reward_kwargs`` here).
+    ``get_compute_score``; verl passes the recipe's ``reward_kwargs`` here). The task's result is returned as is:
+    a number, or a dict with ``"score"`` whose other keys verl reports as ``reward_extra_info``.
+
+    This function is plain, so verl's reward managers run it in an executor thread; a task whose ``compute_score``
+    is ``async def`` is run to completion there, in an event loop of that thread's own.
 
     >>> compute_score("countdown", "<answer>(1 + 2) * 3</answer>", '{"target": 9, "numbers": [1, 2, 3]}')
     1.0
     """
-    return get_compute_score(data_source, task_packages)(data_source, solution_str, ground_truth, extra_info, **kwargs)
+    result = get_compute_score(data_source, task_packages)(
+        data_source=data_source, solution_str=solution_str, ground_truth=ground_truth, extra_info=extra_info, **kwargs
+    )
+    if inspect.isawaitable(result):
+        return asyncio.run(_awaited(result))
+    return result
+
+
+async def _awaited(awaitable):
+    return await awaitable  # asyncio.run takes a coroutine; an async task may return any awaitable

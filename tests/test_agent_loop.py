@@ -109,6 +109,8 @@ def test_first_try_success_stops_with_an_all_zero_mask(tiny_tokenizer):
         "num_reflections": 0.0,
         "reflection_tokens": 0.0,
         "replayed_attempt": 0.0,
+        "verifier_errors": 0.0,
+        "verifier_timeouts": 0.0,
     }
     check_aligned(out)
 

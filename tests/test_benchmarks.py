@@ -28,3 +28,13 @@ def test_the_loop_cost_helper_runs_the_loop(tiny_tokenizer):
     server = bench_agent_loop.InstantServer(tiny_tokenizer, 16)
     ms = bench_agent_loop.cpu_ms_per_trajectory(ReflectRetryAgentLoop, tiny_tokenizer, server, 2, 64, repeats=1)
     assert ms > 0
+
+
+def test_the_slow_verifier_benchmark_judges_two_verdicts_per_trajectory(tiny_tokenizer):
+    # Its floor (two verdicts' latency) assumes every trajectory is attempt, reflection, retry.
+    bench = importlib.import_module("bench_slow_verifier")
+
+    verifier = bench.SleepingVerifier(0.0)
+    server = importlib.import_module("bench_agent_loop").InstantServer(tiny_tokenizer, 16)
+    bench.concurrent_batch(tiny_tokenizer, server, verifier, trajectories=3, turn_tokens=16)()
+    assert verifier.calls == 3 * bench.VERDICTS_PER_TRAJECTORY

@@ -49,7 +49,7 @@ def assert_caught(code: int, lines: list[str], check: str, *fix_words: str) -> N
 
 @pytest.fixture(autouse=True)
 def from_the_repo(monkeypatch, tiny_model_dir):
-    # The recipes' agent-loop paths are relative to the launch directory, as for main_ppo.
+    # A relative agent-loop path is read from the launch directory, as main_ppo reads it.
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
 
@@ -92,7 +92,7 @@ def test_a_wrong_agent_loop_path_is_caught(capsys):
         "countdown_qwen2.5-1.5b",
         "actor_rollout_ref.rollout.agent.agent_loop_config_path=recipes/agent_loop/countdown.yaml",
     )
-    assert_caught(code, lines, "agent-loop config", "recipes/agent_loops/countdown.yaml")
+    assert_caught(code, lines, "agent-loop config", "${verl_reflect.recipe_file:agent_loops/countdown.yaml}")
 
 
 def test_an_estimator_typo_is_caught_and_the_right_name_suggested(capsys):
@@ -250,6 +250,10 @@ def test_the_cpu_step_takes_what_a_cpu_needs_from_the_platform_group(tmp_path):
     cfg = recipe_mod.compose("countdown_qwen2.5-7b")
     shipped = config_checks.DryRun(recipe_mod.RECIPES_DIR, "countdown_qwen2.5-7b", [], cfg=cfg)
     assert trainer_step_check.platform_overrides(shipped) == ["+platform=cpu"]
+    # A recipe whose defaults list the group already: Hydra refuses it twice ("appears more than once").
+    cpu_recipe = recipe_mod.compose("countdown_tiny_cpu")
+    tiny = config_checks.DryRun(recipe_mod.RECIPES_DIR, "countdown_tiny_cpu", [], cfg=cpu_recipe)
+    assert trainer_step_check.platform_overrides(tiny) == ["platform=cpu"]
     assert trainer_step_check.step_group(shipped.cfg) == 4  # n=8 capped at platform/cpu.yaml's n
     # The CPU recipe gets the same values from the same file, through its defaults list.
     cpu = recipe_mod.compose("countdown_tiny_cpu")
@@ -257,8 +261,57 @@ def test_the_cpu_step_takes_what_a_cpu_needs_from_the_platform_group(tmp_path):
     OmegaConf.resolve(with_platform_again)
     assert with_platform_again == cpu
     assert cpu.actor_rollout_ref.rollout.name == "hf" and cpu.trainer.device == "cpu"
-    # A recipe from elsewhere finds the group on Hydra's search path.
+    # A recipe from elsewhere finds the group on Hydra's search path: a shipped recipe's copy names the installed
+    # recipes there itself; one written without them gets them added.
     (tmp_path / "theirs.yaml").write_text((recipe_mod.RECIPES_DIR / "countdown_qwen2.5-7b.yaml").read_text())
     elsewhere = config_checks.DryRun(tmp_path, "theirs", [], cfg=shipped.cfg)
-    overrides = trainer_step_check.platform_overrides(elsewhere)
-    assert overrides[1] == f"hydra.searchpath=[pkg://verl.trainer.config,file://{recipe_mod.RECIPES_DIR}]"
+    assert trainer_step_check.platform_overrides(elsewhere) == ["+platform=cpu"]
+    theirs = (tmp_path / "theirs.yaml").read_text().splitlines()
+    own = [line for line in theirs if trainer_step_check.SHIPPED_SEARCHPATH not in line]
+    (tmp_path / "own.yaml").write_text("\n".join(own) + "\n")
+    (tmp_path / "_reflect_grpo.yaml").write_text((recipe_mod.RECIPES_DIR / "_reflect_grpo.yaml").read_text())
+    overrides = trainer_step_check.platform_overrides(config_checks.DryRun(tmp_path, "own", [], cfg=shipped.cfg))
+    assert overrides == [
+        "+platform=cpu",
+        f"hydra.searchpath=[pkg://verl.trainer.config,{trainer_step_check.SHIPPED_SEARCHPATH}]",
+    ]
+
+
+@pytest.mark.parametrize(
+    "log, error",
+    [
+        (  # Hydra stops before verl starts: its message, not the import warnings before it
+            "/x/verl/workers/engine/__init__.py:30: UserWarning: megatron engine is not available: ImportError()\n"
+            "  warnings.warn(...)\n"
+            "Could not append to config. An item is already at 'platform'.\n"
+            "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n",
+            "Could not append to config. An item is already at 'platform'.",
+        ),
+        (  # verl's exception from its TaskRunner, followed by Ray's shutdown noise and a warning
+            "ray.exceptions.RayTaskError(ValueError): ray::TaskRunnerV1.run() (pid=1, ip=1)\n"
+            '  File "/x/agent_loop.py", line 9, in run\n'
+            "ValueError: attempt=replay: row 3 (countdown) has no stored failed attempt\n"
+            "(raylet) [2026-12-07 04:00:00,000 W 1 1] worker pool: stopping workers\n"
+            "/x/y.py:1: UserWarning: megatron engine is not available\n",
+            "ValueError: attempt=replay: row 3 (countdown) has no stored failed attempt",
+        ),
+    ],
+)
+def test_a_failed_trainer_run_names_the_error_that_stopped_it(tmp_path, log, error):
+    from verl_reflect.commands.main_ppo import MainPPORun
+
+    (tmp_path / "main_ppo.log").write_text(log)
+    assert MainPPORun(1, [], tmp_path, 1.0).last_error() == error
+
+
+def test_a_reward_fns_of_another_distribution_is_caught(capsys, monkeypatch, tmp_path):
+    # reward_fns is a top-level name: one shipped by another package, found first, would score every row.
+    (tmp_path / "reward_fns").mkdir()
+    (tmp_path / "reward_fns" / "__init__.py").write_text("def compute_score(*args, **kwargs):\n    return 1.0\n")
+    for name in [m for m in sys.modules if m == "reward_fns" or m.startswith("reward_fns.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, lines = dry_run(capsys, "--config-name", "countdown_qwen2.5-1.5b")
+    line = line_of(lines, "reward function")  # the verifiers check, which needs our dispatch, fails on its own
+    assert code == 1 and line.startswith("✗ ") and str(tmp_path / "reward_fns") in line, line
+    assert line.endswith("fix: pip install --force-reinstall verl-reflect"), line

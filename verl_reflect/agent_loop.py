@@ -6,8 +6,10 @@ One dataset row becomes one trajectory:
 
 Only the reflection tokens are trained: ``response_mask`` is 1 on them and 0 on attempts, retries,
 inserted user turns and chat-template boundary tokens. ``reward_score`` is 1.0 iff the last attempt
-is correct, as judged by the task's verifier in ``reward_fns``. A row solved on the first try stops
-there with an all-zero mask; the ``reflect_grpo`` estimator gives it zero advantage.
+is correct, as judged by the task's verifier in ``reward_fns`` (``verdict``: verl's reward-function contract,
+off the event loop, within a timeout; a verifier that fails costs that verdict, counted in ``verifier_errors``
+and ``verifier_timeouts``). A row solved on the first try stops there with an all-zero mask; the
+``reflect_grpo`` estimator gives it zero advantage.
 
 Tokens are built with verl's continuous-token helpers, so the response is exactly the token stream
 the model saw (generated ids kept as generated, user turns rendered by the chat template), and the
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -40,6 +43,7 @@ from verl.workers.rollout.replica import TokenOutput
 
 from reward_fns import TASK_PACKAGES_KEY, get_compute_score
 from verl_reflect.turn_boundary import TemplateTurnBoundary, template_end_of_turn_id, turn_boundary_for
+from verl_reflect.verdict import ERROR, TIMEOUT, verdict
 
 logger = logging.getLogger(__file__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -94,6 +98,14 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         trained_turns: the generated turn kinds ``response_mask`` covers: ``["reflection"]`` (the method), or
             ``["reflection", "retry"]`` for verl's plain ``grpo`` on every generated token (a comparison run). A
             replayed attempt is never generated, so never trained.
+        solved_threshold: an attempt counts as solved iff its verifier's score is >= this (``verdict``). 1.0: a
+            binary verifier's 1.0, a partial-credit verifier's full credit. The reward stays 1.0 or 0.0: the last
+            attempt solved or not.
+        verdict_timeout: seconds a verdict may take (verl's ``limited`` reward manager defaults to 300); a verifier
+            still running then counts as not solved (``verifier_timeouts``).
+        verdict_threads: threads plain (not ``async def``) verifiers run in, shared by the worker's trajectories:
+            as many verdicts run at once. Verifiers that wait (a sandbox, an API) want more; pure-Python ones gain
+            little past the core count.
     """
 
     def __init__(
@@ -106,6 +118,9 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         max_reflection_tokens: Optional[int] = None,
         attempt: str = "generate",
         trained_turns: Sequence[str] = ("reflection",),
+        solved_threshold: float = 1.0,
+        verdict_timeout: float = 300.0,
+        verdict_threads: int = 32,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -115,6 +130,15 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             raise ValueError(f"attempt must be one of {ATTEMPT_MODES}, got {attempt!r}")
         if not set(trained_turns) <= {"reflection", "retry"}:
             raise ValueError(f"trained_turns must be among reflection, retry; got {list(trained_turns)}")
+        if not math.isfinite(solved_threshold):
+            raise ValueError(f"solved_threshold must be a finite number, got {solved_threshold}")
+        if not verdict_timeout > 0 or verdict_threads < 1:
+            raise ValueError(
+                f"verdict_timeout must be > 0 and verdict_threads >= 1, got {verdict_timeout} and {verdict_threads}"
+            )
+        self.solved_threshold = float(solved_threshold)
+        self.verdict_timeout = float(verdict_timeout)
+        self.verdict_threads = int(verdict_threads)
         self.attempt = attempt
         self.trained_turns = tuple(trained_turns)
         self.reflection_prompt = reflection_prompt
@@ -157,12 +181,30 @@ class ReflectRetryAgentLoop(AgentLoopBase):
         traj = _Trajectory(token_ids=await self.ct_build_initial_tokens(messages), messages=messages)
         prompt_length = len(traj.token_ids)
         metrics: dict[str, float] = {}
+        failures = {ERROR: 0, TIMEOUT: 0}
+        # The last verdict's other keys (a dict-returning verifier's): reported with the reward it decided.
+        verdict_extra_info: dict[str, Any] = {}
 
         async def attempt(kind: str) -> bool:
+            nonlocal verdict_extra_info
             turn = await self._generate(traj, kind, request_id, sampling_params, self.max_attempt_tokens, metrics)
             if turn is None:
                 return False
-            turn.correct = compute_score(data_source, turn.text, ground_truth, extra_info) == 1.0
+            judged = await verdict(
+                compute_score,
+                data_source=data_source,
+                solution_str=turn.text,
+                ground_truth=ground_truth,
+                extra_info=extra_info,
+                solved_threshold=self.solved_threshold,
+                timeout=self.verdict_timeout,
+                threads=self.verdict_threads,
+                where=_which_row(kwargs),
+            )
+            if judged.failure is not None:
+                failures[judged.failure] += 1
+            verdict_extra_info = judged.extra_info
+            turn.correct = judged.solved
             return turn.correct
 
         correct = await attempt("attempt")
@@ -194,6 +236,8 @@ class ReflectRetryAgentLoop(AgentLoopBase):
             "num_reflections": num_reflections,
             "reflection_tokens": sum(turn.num_tokens for turn in traj.turns if turn.kind == "reflection"),
             "replayed_attempt": stored_attempt is not None,
+            "verifier_errors": failures[ERROR],
+            "verifier_timeouts": failures[TIMEOUT],
         }
         return AgentLoopOutput(
             prompt_ids=traj.token_ids[:prompt_length],
@@ -211,8 +255,9 @@ class ReflectRetryAgentLoop(AgentLoopBase):
                 # The server's fields first: the v1 trainer reads min/max_global_steps back after the update.
                 **traj.server_fields,
                 **stats,
-                # reward_extra_info is what verl reports per data source in validation metrics.
-                "reward_extra_info": {key: float(value) for key, value in stats.items()},
+                # reward_extra_info is what verl reports per data source in validation metrics: the verifier's own
+                # keys, then the loop's stats (which win a name clash: the trainer reads them).
+                "reward_extra_info": {**verdict_extra_info, **{key: float(value) for key, value in stats.items()}},
                 "turns": [dataclasses.asdict(turn) for turn in traj.turns],
                 "turn_scores": [float(turn.correct) for turn in traj.turns if turn.kind != "reflection"],
                 "tool_rewards": [],

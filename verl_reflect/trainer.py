@@ -9,18 +9,45 @@ abort, sleep, sync and resume the rollout) with ``ReflectRetryMixin`` in front, 
   the token-mean loss would divide by zero. This trainer skips both and skips the actor update: there is
   nothing to learn and no forward/backward pass is spent. verl's means over the empty mask (advantages, entropy,
   ...) are NaN there, and left out of that step's logs.
+- **A step in which no row carries gradient skips the actor update where skipping is exact.** Under failure replay
+  every row reflects, and a group whose retries all agree gets a zero ``reflect_grpo`` advantage: often the whole
+  step. The rule (``no_gradient_skip_blocker``): skip when no masked token has a non-zero advantage and the loss has
+  no term outside the advantage, i.e. all of
+  (1) a policy loss that is the advantage times a function of the policy (``policy_loss.loss_mode`` ``vanilla``,
+  ``gspo`` or ``gpg``, with or without rollout correction's ``bypass_mode``, which is vanilla or REINFORCE): zero
+  advantage is then a loss that is zero for every weight, not just a zero gradient here;
+  (2) ``entropy_coeff == 0``: an entropy bonus has a gradient whatever the advantage;
+  (3) no distillation loss;
+  (4) no KL loss (``use_kl_loss`` off or ``kl_loss_coef == 0``), or a KL loss whose gradient is zero because the
+  actor still is the reference: no update has run in this process and it did not resume from a checkpoint (the
+  KL term ``kl(pi, pi_ref)`` and its gradient are 0 at ``pi = pi_ref``, up to the numerics of two forward passes).
+  Once the actor has moved, a zero-advantage step's gradient is the KL pull towards the reference: a real update,
+  so it runs, and is counted as ``reflect/update_without_advantage``.
+  What a skip leaves out beyond the (zero) gradient: verl would still call the optimizer on the zero gradient, so
+  AdamW applies its momentum from earlier steps and its weight decay, and the lr scheduler ticks. None of that is
+  learned from this step's data; a skipped step is a step that had no data, the same as a batch verl's
+  ``filter_groups`` would have dropped. Counted: ``reflect/skipped_update`` (any skip) and
+  ``reflect/skipped_no_gradient`` (this reason). ``verl_reflect.skip_no_gradient_steps: false`` turns it off
+  (``verl_reflect.skip_no_gradient_steps=false``, a recipe setting; benchmarks/bench_trainer_step.py compares both).
+  Only the update is saved: verl's step computes old log-probs and reference log-probs before the advantage
+  (``trainer_base.py`` ``_step_once``: old_log_prob, ref, then adv, then update_actor), so the step cannot know
+  yet. Rows without gradient never reach those passes when ``algorithm.filter_groups`` evicts their groups at
+  sampling (failure replay: every row reflects, so a group with one reward has zero advantage).
 - **Per-step reflect metrics** beside verl's own: ``reflect/first_try_correct``, ``reflect/final_correct``
   (accuracy before and after reflection over the step's rows; under failure replay the first try is the
   stored failure), ``reflect/reflected`` (share of rows that reflected), ``reflect/replayed_attempt``,
   ``reflect/reflection_tokens`` (mean per reflecting row), ``reflect/rows_with_gradient`` (share of rows with a
-  non-zero advantage), ``reflect/generated_tokens`` (step total) and ``reflect/skipped_update``.
+  non-zero advantage), ``reflect/generated_tokens`` (step total), ``reflect/verifier_errors`` and
+  ``reflect/verifier_timeouts`` (verdicts whose verifier raised, returned no score or ran out of time: step
+  totals, each scored as not solved) and ``reflect/skipped_update``.
 - **Every mini-batch of a step that trains has a trained token** where the rows allow it: verl's token-mean loss
   divides by the mini-batch's trained-token count, so a mini-batch without one logs a NaN loss. Rows are reordered
   within each data-parallel rank's share (``_balance_batch``'s partition is kept) so the reflecting rows spread
   over the mini-batches (``_spread_trained_rows``).
 - **What was trained, dumped.** With ``trainer.rollout_data_dir`` set, ``<dir>/trained_<step>.jsonl`` holds per
-  row the response ids, ``response_mask``, the advantages the actor update used, the trainer's and the rollout's
-  log-probs, the weight versions of its first and last token, and the loop's turn records.
+  row its prompt (``data_source`` and ``index``, the row's ``extra_info.index``: what identifies it across runs and
+  resumes), the response ids, ``response_mask``, the advantages the actor update used, the trainer's and the
+  rollout's log-probs, the weight versions of its first and last token, and the loop's turn records.
 """
 
 from __future__ import annotations
@@ -31,17 +58,45 @@ import os
 import numpy as np
 import transfer_queue as tq
 from omegaconf import open_dict
+from verl.trainer.distillation import is_distillation_enabled
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 TRAINER_MODE = "reflect_sync"
-_STAT_KEYS = ("first_try_correct", "final_correct", "num_reflections", "reflection_tokens", "replayed_attempt")
+_STAT_KEYS = (
+    "first_try_correct",
+    "final_correct",
+    "num_reflections",
+    "reflection_tokens",
+    "replayed_attempt",
+    "verifier_errors",
+    "verifier_timeouts",
+)
 
 
 def _is_nan(value) -> bool:
     return isinstance(value, (float, np.floating)) and bool(np.isnan(value))
+
+
+# verl's policy losses that are the advantage times a function of the policy (core_algos.py): zero advantage, zero loss.
+_ADVANTAGE_LINEAR_LOSSES = ("vanilla", "gspo", "gpg")
+
+
+def no_gradient_skip_blocker(actor_config, *, distillation: bool, actor_is_reference: bool) -> str | None:
+    """Why a step whose advantages are all zero must still run the actor update (a loss term that has a gradient
+    without advantage), or None when skipping it is exact: the module docstring's rule."""
+    loss_mode = actor_config.get("policy_loss", {}).get("loss_mode", "vanilla")
+    if loss_mode not in _ADVANTAGE_LINEAR_LOSSES:
+        return f"policy_loss.loss_mode={loss_mode} may have a term outside the advantage"
+    if actor_config.get("entropy_coeff", 0) != 0:
+        return "entropy bonus (entropy_coeff != 0)"
+    if distillation:
+        return "distillation loss"
+    if actor_config.get("use_kl_loss", False) and actor_config.get("kl_loss_coef", 0) != 0 and not actor_is_reference:
+        return "KL loss towards the reference, which the actor has moved away from"
+    return None
 
 
 def _generated_tokens(row: dict) -> int:
@@ -86,14 +141,38 @@ class ReflectRetryMixin:
                 algorithm.rollout_correction = rollout_correction
 
     def _update_actor(self, batch, metrics):
-        skipped = self._trained_token_count(batch) == 0
-        metrics["reflect/skipped_update"] = float(skipped)
-        if skipped:
+        if not hasattr(self, "_actor_is_reference"):
+            # verl's first step of a fresh run is global step 1; a resumed run starts after its checkpoint's step
+            self._actor_is_reference = self.global_steps <= 1
+        no_token = self._trained_token_count(batch) == 0
+        no_gradient = not no_token and not self._has_advantage(batch)
+        blocker = no_gradient_skip_blocker(
+            self.config.actor_rollout_ref.actor,
+            distillation=is_distillation_enabled(self.config.get("distillation")),
+            actor_is_reference=self._actor_is_reference,
+        )
+        if not self.config.get("verl_reflect", {}).get("skip_no_gradient_steps", True):
+            blocker = "turned off (verl_reflect.skip_no_gradient_steps)"
+        skipped_no_gradient = no_gradient and blocker is None
+        metrics["reflect/skipped_update"] = float(no_token or skipped_no_gradient)
+        metrics["reflect/skipped_no_gradient"] = float(skipped_no_gradient)
+        metrics["reflect/update_without_advantage"] = float(no_gradient and not skipped_no_gradient)
+        if no_token or skipped_no_gradient:
             return batch
         left_empty = self._spread_trained_rows(batch)
         if left_empty is not None:
             metrics["reflect/mini_batches_without_token"] = left_empty
-        return super()._update_actor(batch, metrics)
+        batch = super()._update_actor(batch, metrics)
+        self._actor_is_reference = False
+        return batch
+
+    def _has_advantage(self, batch) -> bool:
+        """Whether any token the loss sees (``response_mask``, after rollout correction's rejections) has a non-zero
+        advantage."""
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["advantages", "response_mask"]
+        )
+        return bool(((data["advantages"].values() != 0) & (data["response_mask"].values() != 0)).any())
 
     def _spread_trained_rows(self, batch) -> int | None:
         """Reorder ``batch`` so that every mini-batch has a trained token if the step has enough trained rows;
@@ -145,6 +224,9 @@ class ReflectRetryMixin:
                 else 0.0,
                 "reflect/rows_with_gradient": np.mean([any(row["advantages"]) for row in rows]),
                 "reflect/generated_tokens": sum(_generated_tokens(row) for row in rows),
+                # Verdicts a misbehaving verifier cost this step (each scored as not solved): step totals.
+                "reflect/verifier_errors": sum(row["verifier_errors"] for row in rows),
+                "reflect/verifier_timeouts": sum(row["verifier_timeouts"] for row in rows),
             }
         )
 
@@ -163,13 +245,16 @@ class ReflectRetryMixin:
                 f.write(json.dumps(row) + "\n")
 
     def _trained_rows(self, batch) -> list[dict]:
-        """Per non-padding row: the loop's stats and turns, the response, its mask and its advantages."""
+        """Per non-padding row: its prompt (``data_source``, ``index``), the loop's stats and turns, the response, its
+        mask and its advantages."""
         fields = ["responses", "response_mask", "advantages", "rm_scores", "extra_fields", "old_log_probs"]
+        fields += ["data_source", "index"]  # the dataset row (extra_info.index): uids are new uuids every run
         if self.config.actor_rollout_ref.rollout.calculate_log_probs:
             fields.append("rollout_log_probs")
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
-        extra_fields = (
-            data["extra_fields"].tolist() if hasattr(data["extra_fields"], "tolist") else data["extra_fields"]
+        extra_fields, data_sources, indices = (
+            data[name].tolist() if hasattr(data[name], "tolist") else data[name]
+            for name in ("extra_fields", "data_source", "index")
         )
         rows = []
         for i, (key, tag) in enumerate(zip(batch.keys, batch.tags)):
@@ -179,6 +264,9 @@ class ReflectRetryMixin:
             rows.append(
                 {
                     "key": key,
+                    # which prompt: what stays the same across runs and a resume (key's uid does not)
+                    "data_source": getattr(data_sources[i], "data", data_sources[i]),
+                    "index": int(getattr(indices[i], "data", indices[i])),
                     "weights_version": tag.get("min_global_steps"),  # the policy version it was sampled from
                     # the version its last token came from: later than weights_version if a turn was aborted at a
                     # weight sync and resumed (async modes)

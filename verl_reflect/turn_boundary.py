@@ -22,6 +22,7 @@ turns, ...) fails that check, and the loop refuses to start rather than train on
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from typing import Any
 
@@ -172,3 +173,40 @@ def turn_boundary_for(
             boundary = TemplateTurnBoundary(tokenizer, model_type=model_type, chat_template_kwargs=kwargs)
             _BOUNDARIES[key] = boundary
     return boundary
+
+
+# verl logs this from ``infer_continuous_token_model_family`` (``utils/tokenizer/continuous_token_wiring.py``) each time
+# a builder is made for a model_type without one of its own: once per trajectory, since verl builds an agent loop per
+# trajectory (32 identical lines for 32 rows). The loop handles those families itself (``TemplateTurnBoundary``), so
+# once per process and model_type says all there is to say.
+DEFAULT_BUILDER_WARNING = "No model-specific Continuous Token builder is registered"
+_WIRING_LOGGER = "verl.utils.tokenizer.continuous_token_wiring"
+
+
+class _DefaultBuilderWarningOnce(logging.Filter):
+    """Drops repeats of verl's default-builder warning (same model_type and fallback); every other record passes."""
+
+    def __init__(self):
+        super().__init__()
+        self._seen: set = set()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith(DEFAULT_BUILDER_WARNING)):
+            return True
+        key = tuple(map(str, record.args)) if isinstance(record.args, tuple) else str(record.args)
+        with self._lock:
+            first = key not in self._seen
+            self._seen.add(key)
+        return first
+
+
+def warn_default_builder_once() -> None:
+    """Install the filter on verl's logger, once per process (idempotent: a filter on the logger itself, so it holds
+    whatever level or handlers verl sets later)."""
+    logger = logging.getLogger(_WIRING_LOGGER)
+    if not any(type(f).__name__ == _DefaultBuilderWarningOnce.__name__ for f in logger.filters):
+        logger.addFilter(_DefaultBuilderWarningOnce())
+
+
+warn_default_builder_once()  # every process that runs the loop imports this module (the loop, the commands)

@@ -5,6 +5,7 @@
     verl-reflect build-failures   keep the prompts a model fails (the paper's training set)
     verl-reflect data             write Countdown / function-calling parquet files
     verl-reflect dry-run          check a recipe on a CPU before GPU time is spent
+    verl-reflect recipes          where the shipped recipes are; copy one to edit and share
 
 Bad input (a missing model or file, a parquet without the needed columns, a task with no reward
 function) is one line on stderr and exit code 2. verl's import-time warnings stay out of the output unless
@@ -20,7 +21,7 @@ import sys
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
 from verl_reflect import data  # noqa: E402
-from verl_reflect.commands import build_failures, demo, dry_run, evaluate, quiet  # noqa: E402
+from verl_reflect.commands import build_failures, demo, dry_run, evaluate, quiet, recipes, reflections  # noqa: E402
 from verl_reflect.commands.errors import run_command  # noqa: E402
 
 COMMANDS = {
@@ -28,7 +29,9 @@ COMMANDS = {
     "eval": (evaluate.main, "first-try vs after-reflection accuracy (optionally --compare-model)"),
     "build-failures": (build_failures.main, "keep the prompts a model fails, as a training parquet"),
     "data": (data.main, "write Countdown / function-calling parquet files"),
+    "reflections": (reflections.main, "what eval's reflections say: lengths, openings, restating, retries that follow"),
     "dry-run": (dry_run.main, "check a recipe on this CPU before GPU time is spent: static checks, one trainer step"),
+    "recipes": (recipes.main, "where the shipped recipes are (main_ppo --config-path); copy one to edit and share"),
 }
 
 

@@ -12,6 +12,7 @@ import contextlib
 import difflib
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,7 +194,8 @@ def check_agent_loop_config(recipe: DryRun) -> Check:
     try:
         path, entries = agent_loop_entries(recipe.cfg)
     except UserError as err:
-        shipped = sorted(str(p.relative_to(RECIPES_DIR.parent)) for p in (RECIPES_DIR / "agent_loops").glob("*.yaml"))
+        loops = (RECIPES_DIR / "agent_loops").glob("*.yaml")
+        shipped = sorted(f"${{verl_reflect.recipe_file:{p.relative_to(RECIPES_DIR)}}}" for p in loops)
         return failed(name, str(err), f"{AGENT_LOOP_KEY}=<an existing file>, e.g. one of {', '.join(shipped)}")
     for entry in entries:
         try:
@@ -265,4 +267,46 @@ def check_reward_function(recipe: DryRun) -> Check:
         return failed(name, f"{section.path}:{section.name} does not load ({one_line(err)})", fix)
     if fn is None:
         return passed(name, "verl's default reward manager (no custom_reward_function.path)")
+    if str(section.path) == "pkg://reward_fns" and not _ours(sys.modules.get("reward_fns")):
+        # reward_fns is a top-level name; a distribution installed over ours could ship one too.
+        where = getattr(sys.modules.get("reward_fns"), "__file__", "?")
+        fix = "pip install --force-reinstall verl-reflect"
+        return failed(name, f"reward_fns is imported from {where}, not verl-reflect's", fix)
     return passed(name, f"{section.path}:{section.name} loads")
+
+
+def _ours(module) -> bool:
+    """``module`` (``reward_fns``) was installed with this ``verl_reflect``: it sits beside it and has its dispatch."""
+    import verl_reflect
+
+    beside = module is not None and Path(module.__file__).parent.parent == Path(verl_reflect.__file__).parent.parent
+    return beside and callable(getattr(module, "get_compute_score", None))
+
+
+def check_weight_sync_bucket(recipe: DryRun) -> Check:
+    """The model's largest parameter tensor, read from its safetensors headers or config (never the weights), fits
+    the vLLM weight-sync bucket wherever verl syncs through shared memory (a CPU: ``trainer.device=cpu``)."""
+    from verl_reflect.cpu import weight_bucket
+
+    name = "weight-sync bucket"
+    cfg = recipe.cfg
+    rollout = str(cfg.actor_rollout_ref.rollout.name)
+    if rollout != "vllm":
+        return skipped(name, f"skipped (the {rollout} rollout takes weights without vLLM's buckets)")
+    model = str(cfg.actor_rollout_ref.model.path)
+    tensor = weight_bucket.largest_tensor(model)
+    if tensor is None:
+        return skipped(name, f"skipped (model {model} is not on this machine to read its tensor shapes)")
+    bucket_mb = int(OmegaConf.select(cfg, weight_bucket.BUCKET_KEY))
+    where = f"largest tensor {tensor.describe()}, bucket {bucket_mb} MiB"
+    if tensor.sync_bytes <= bucket_mb * weight_bucket.MIB:
+        return passed(name, f"{where}: fits")
+    if str(cfg.trainer.device) != "cpu":
+        # Over CUDA IPC verl sends a tensor larger than the bucket on its own.
+        return passed(name, f"{where}: sent on its own over CUDA IPC (a CPU run needs the bucket to hold it)")
+    return failed(
+        name,
+        f"{where}: does not fit, and through shared memory (no CUDA IPC) the first weight sync fails",
+        f"{weight_bucket.BUCKET_KEY}={weight_bucket.needed_megabytes(tensor)} (or drop the override: +cpu=vllm "
+        "sizes it from the model)",
+    )

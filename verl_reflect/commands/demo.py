@@ -2,7 +2,7 @@
 
     1. data       hidden-word prompts (``reward_fns/hidden_word.py``): four one-token words, one from a hidden set
     2. warm-up    the embedded tiny model, taught in a supervised pass that its retry does what its reflection says
-                  (``verl_reflect/warmup.py``; built once, cached): nothing tells it which word is right
+                  (``verl_reflect/cpu/warmup.py``; built once, cached): nothing tells it which word is right
     3. failures   the training prompts the warmed model fails, with their failed attempts (``build-failures``)
     4. train      real steps of verl's trainer: ``python -m verl.trainer.main_ppo`` with
                   ``recipes/hidden_word_tiny_cpu.yaml`` on the failure set: reflection-only reward (``reflect_grpo``)
@@ -25,11 +25,9 @@ from verl_reflect.commands import build_failures, evaluate, learning, loop, repo
 from verl_reflect.commands.backends import make_backend
 from verl_reflect.commands.errors import ArgumentParser, UserError
 from verl_reflect.commands.main_ppo import run_main_ppo
-from verl_reflect.commands.recipe import RECIPES_DIR
 from verl_reflect.cpu import warmup
 
 RECIPE = "hidden_word_tiny_cpu"
-AGENT_LOOP_CONFIG = RECIPES_DIR / "agent_loops" / "hidden_word.yaml"  # absolute: main_ppo runs from any directory
 STEP_COLUMNS = {  # per-step metric -> column title
     "reflect/first_try_correct": "first try",
     "reflect/final_correct": "after reflection",
@@ -49,7 +47,6 @@ def train(train: Path, test: Path, out_dir: Path, steps: int, *overrides: str) -
         [
             f"data.train_files={train}",
             f"data.val_files={test}",
-            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={AGENT_LOOP_CONFIG}",
             f"trainer.total_training_steps={steps}",
             f"trainer.save_freq={steps}",
             f"trainer.test_freq={steps}",
@@ -81,9 +78,8 @@ def grpo_loop_config(out_dir: Path) -> Path:
     """The task's agent-loop YAML with ``trained_turns: [reflection, retry]`` (for ``--estimator grpo``)."""
     import yaml
 
-    entries = [
-        {**entry, "trained_turns": ["reflection", "retry"]} for entry in yaml.safe_load(AGENT_LOOP_CONFIG.read_text())
-    ]
+    shipped = yaml.safe_load(warmup.AGENT_LOOP_YAML.read_text())
+    entries = [{**entry, "trained_turns": ["reflection", "retry"]} for entry in shipped]
     path = out_dir / "agent_loop_grpo.yaml"
     path.write_text(yaml.safe_dump(entries))
     return path
@@ -121,10 +117,6 @@ def main(argv: list[str] | None = None) -> int:
         help="reflect_grpo: the method; reflect_grpo_control: rewards shuffled across the batch; grpo: verl's",
     )
     args = parser.parse_args(argv)
-    if not RECIPES_DIR.is_dir():
-        raise UserError(
-            f"the demo trains with this repository's recipes ({RECIPES_DIR}): install it with pip install -e ."
-        )
     out_dir = args.out_dir.resolve()
     run_args.quiet_transformers()
 

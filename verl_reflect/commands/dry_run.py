@@ -7,8 +7,9 @@ overrides), then checked in two parts:
 
 - static: verl's own config validation and dataclass conversion, batch arithmetic for the declared GPU count,
   the response budget against the agent loop's turn caps, the agent-loop config, the estimator, the reward
-  function and a verifier for every ``data_source``, the parquet's columns and types, and prompt lengths under
-  the recipe's tokenizer where it is available locally (never downloaded);
+  function, the model's largest tensor against vLLM's weight-sync bucket (read from file headers), a verifier for
+  every ``data_source``, the parquet's columns and types, and prompt lengths under the recipe's tokenizer where it
+  is available locally (never downloaded);
 - dynamic: one real step of ``main_ppo`` on CPU with the recipe unchanged except what must change to run there
   (the embedded tiny model, the ``hf`` rollout, one process, a few rows of the data).
 
@@ -85,6 +86,7 @@ def static_checks(recipe: DryRun) -> list[Check]:
             config_checks.check_agent_loop_config,  # before the budget and agent-name checks: they read its entries
             config_checks.check_response_budget,
             config_checks.check_reward_function,
+            config_checks.check_weight_sync_bucket,
             data_checks.check_data_columns,
         )
     ]

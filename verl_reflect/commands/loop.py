@@ -14,10 +14,12 @@ import contextlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from verl_reflect import resolvers
 from verl_reflect.commands.backends import check_model_dir
 from verl_reflect.commands.errors import UserError
 from verl_reflect.commands.recipe import DEFAULT_RECIPE, agent_loop_entry, compose, hydra_quote
@@ -98,10 +100,20 @@ class LoopRecipe:
     sampling: dict[str, Any]
 
 
+def named_model(path: str | None) -> str | None:
+    """``--model``'s value as a directory: an embedded model's name (``smollm2``) is that model, built on first use and
+    cached exactly as its recipe resolver builds it (``${verl_reflect.smollm2:}``); a directory of that name here wins.
+    """
+    if path in resolvers.MODELS and not Path(path).exists():
+        return resolvers.MODELS[path]()
+    return path
+
+
 def load_recipe(args: argparse.Namespace, sampling: Callable[[Any], dict[str, Any]]) -> LoopRecipe:
     """Compose ``args.recipe`` with its overrides and apply the flags given; ``sampling`` picks the recipe's
     sampling section (``validation_sampling`` or ``training_sampling``)."""
     name = args.recipe or DEFAULT_RECIPE
+    args.model = named_model(args.model)
     if args.model is not None:
         check_model_dir(args.model)  # before composing: a wrong path is the likelier mistake, and this one is fast
     overrides = list(args.overrides)

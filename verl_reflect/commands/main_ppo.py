@@ -20,10 +20,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from verl_reflect.commands import vllm_residue
+from verl_reflect.commands.progress import progress_bar
 from verl_reflect.commands.recipe import RECIPES_DIR, hydra_quote, override_key
+from verl_reflect.resolvers import RECIPE_DIR_ENV
+
+_HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
+# A traceback's last line (``hydra.errors.ConfigCompositionException: ...``), also as Ray re-raises it
+# (``ray.exceptions.RayTaskError(ValueError): ...``).
+_EXCEPTION_LINE = re.compile(r"^(\S*\.)?[A-Z]\w*(Error|Exception|Exit)\b(\([\w.]+\))?:")
 
 # What main_ppo prints as it starts, in order, and what the run waits for after each (the last match wins).
 _PHASES = (
@@ -74,9 +79,14 @@ class MainPPORun:
         return self.out_dir / "checkpoints" / f"global_step_{step}" / "actor" / "huggingface"
 
     def last_error(self) -> str:
-        """The last log line that names an error (Ray prints the worker's exception last), else the last line."""
+        """The error that stopped the run: Hydra's message (the line before its HYDRA_FULL_ERROR hint), else the last
+        exception line (``SomeError: ...``; Ray prints the worker's exception last), else the last line. Warnings, which
+        verl prints on import, are never it."""
         lines = [line.strip() for line in self.log.splitlines() if line.strip()]
-        errors = [line for line in lines if "Error" in line or "error" in line]
+        for i, line in enumerate(lines):
+            if line.startswith(_HYDRA_HINT) and i > 0:
+                return lines[i - 1][:300]
+        errors = [line for line in lines if _EXCEPTION_LINE.match(line) and "Warning" not in line.split(":", 1)[0]]
         return (errors or lines or ["no output"])[-1][:300]
 
 
@@ -129,14 +139,16 @@ def run_main_ppo(
     for override in overrides:
         if override.startswith("trainer.total_training_steps="):
             total_steps = int(override.split("=", 1)[1])
-    ours = {"VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(metrics_path), **(env or {})}
+    # TQDM_DISABLE: the trainer's bars would be '\r' frames in its log file; its per-step metrics lines say the same.
+    ours = {"VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(metrics_path), "TQDM_DISABLE": "1", **(env or {})}
     full_env = {**os.environ, **ours}
     if full_env.get("RAY_ADDRESS", "local") != "local":
         # Attached to a running cluster, the workers inherit its environment, not ours: what this run sets goes to
         # them as the job's runtime env (verl merges ray_init.runtime_env into its own).
+        # The recipe's folder too, which main_ppo's launcher exports only to a Ray of its own (resolvers.py).
         overrides += [
             f"++ray_kwargs.ray_init.runtime_env.env_vars.{key}={hydra_quote(value)}"
-            for key, value in ours.items()
+            for key, value in {**ours, RECIPE_DIR_ENV: str(Path(config_dir).resolve())}.items()
             if key != "RAY_ADDRESS"
         ]
     else:
@@ -145,7 +157,7 @@ def run_main_ppo(
         full_env["RAY_ADDRESS"] = "local"
     command = main_ppo_command(config_name, overrides, config_dir)
     start = time.monotonic()
-    bar = tqdm(total=total_steps, desc="main_ppo: starting Ray", unit="step", dynamic_ncols=True, disable=not progress)
+    bar = progress_bar(total=total_steps, desc="main_ppo: starting Ray", unit="step", disable=not progress)
     # vLLM's servers leave their shared memory in /dev/shm when the run's Ray ends them: removed after the run.
     with open(log_path, "w") as log, bar, vllm_residue.removing_vllm_shm():
         # A session of its own: on a timeout or Ctrl-C the trainer goes down with the Ray processes it started.

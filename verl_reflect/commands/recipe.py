@@ -16,15 +16,16 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from verl_reflect import data, resolvers
 from verl_reflect.commands.errors import UserError, one_line
+from verl_reflect.recipes import RECIPES_DIR
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 # The embedded tiny model and its small CPU budget: what runs when no --recipe and no --model are given.
 DEFAULT_RECIPE = "countdown_tiny_cpu"
 EVAL_AGENT_LOOP = data.AGENT_NAME  # eval and build-failures generate first attempts: the plain rows' loop
 
 
 def recipe_file(recipe: str) -> Path:
-    """A recipe name in this repository's ``recipes/`` (``countdown_qwen2.5-1.5b``), or a path to a recipe YAML."""
+    """A shipped recipe's name (``countdown_qwen2.5-1.5b``; ``verl-reflect recipes`` lists them), or a path to a recipe
+    YAML."""
     path = Path(recipe)
     if path.suffix not in (".yaml", ".yml"):
         path = RECIPES_DIR / f"{recipe}.yaml"
@@ -38,14 +39,22 @@ def recipe_names(folder: Path = RECIPES_DIR) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml") if not p.name.startswith("_"))
 
 
-def compose_unresolved(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig:
+def compose_unresolved(
+    config_dir: Path, config_name: str, overrides: list[str], return_hydra_config: bool = False
+) -> DictConfig:
     """Hydra's compose of ``config_name`` from ``config_dir`` with ``overrides``, as main_ppo composes it
-    (``--config-path``, ``--config-name``, then the overrides); unresolved. Raises Hydra's and OmegaConf's errors."""
+    (``--config-path``, ``--config-name``, then the overrides); unresolved, with Hydra's own node (``hydra.runtime
+    .choices``: the config group options chosen) if ``return_hydra_config``. Raises Hydra's and OmegaConf's errors."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
+    # What main_ppo's launcher exports for ${verl_reflect.recipe_file:...} (hydra.job.env_set, which compose skips);
+    # a command's verl servers and main_ppo runs inherit it like verl's workers.
+    os.environ[resolvers.RECIPE_DIR_ENV] = str(Path(config_dir).resolve())
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
+        return hydra_compose(
+            config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config
+        )
 
 
 def compose(recipe: str = DEFAULT_RECIPE, overrides: list[str] = ()) -> DictConfig:

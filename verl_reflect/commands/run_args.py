@@ -12,8 +12,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from reward_fns import get_compute_score
-from verl_reflect import data
-from verl_reflect.commands import recipe
+from verl_reflect import data, resolvers
+from verl_reflect.commands import loop, recipe
 from verl_reflect.commands.backends import BACKENDS, check_model_dir, default_backend
 from verl_reflect.commands.errors import UserError, positive_int
 from verl_reflect.commands.loop import LoopRecipe
@@ -34,7 +34,11 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
         f" runs them (default: {recipe.DEFAULT_RECIPE}, the embedded tiny model's)",
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides of the recipe, as main_ppo")
-    parser.add_argument("--model", help="local Hugging Face model directory (default: the recipe's model path)")
+    parser.add_argument(
+        "--model",
+        help="local Hugging Face model directory, or an embedded model by name: "
+        f"{', '.join(resolvers.MODELS)} (default: the recipe's model path)",
+    )
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -71,9 +75,10 @@ def checkpoint_label(path: Path) -> str:
 
 
 def resolve_models(paths: list[str | None], loop_recipe: LoopRecipe) -> list[ModelSpec]:
-    """Model directories (None = the recipe's ``actor_rollout_ref.model.path``, which ``--model`` overrides) with
-    table labels; checks paths first."""
+    """Model directories (None = the recipe's ``actor_rollout_ref.model.path``, which ``--model`` overrides; a name of
+    ``resolvers.MODELS``: that embedded model) with table labels; checks paths first."""
     recipe_model = loop_recipe.config.actor_rollout_ref.model.path
+    paths = [loop.named_model(p) for p in paths]
     is_tiny = [p is None and Path(recipe_model) == tiny.cached_model_path() for p in paths]
     resolved = [check_model_dir(recipe_model if p is None else p) for p in paths]
     labels = [TINY_LABEL if tiny_ else checkpoint_label(p) for p, tiny_ in zip(resolved, is_tiny)]

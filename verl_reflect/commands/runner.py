@@ -13,6 +13,7 @@ from tqdm.asyncio import tqdm as tqdm_asyncio
 
 from verl_reflect.commands import loop
 from verl_reflect.commands.loop import LoopRecipe
+from verl_reflect.commands.progress import bar_kwargs
 from verl_reflect.commands.run_args import ModelSpec
 
 
@@ -130,7 +131,7 @@ async def as_completed_limited(
 
     tasks = [asyncio.ensure_future(gated(job)) for job in jobs]
     try:
-        bar = tqdm_asyncio.as_completed(tasks, total=len(tasks), desc=desc, unit="row", dynamic_ncols=True)
+        bar = tqdm_asyncio.as_completed(tasks, total=len(tasks), desc=desc, unit="row", **bar_kwargs())
         for next_done in bar:
             yield await next_done
     finally:

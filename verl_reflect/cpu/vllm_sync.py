@@ -35,8 +35,8 @@ def installed() -> bool:
 
 
 def cpu_build_installed() -> bool:
-    """vLLM's CPU build is installed (``packaging/install-vllm-cpu.sh``): the ``vllm`` distribution's version carries
-    ``+cpu``, as vLLM's own platform detection reads it. A CUDA machine's vLLM is not."""
+    """vLLM's CPU build is installed (``packaging/install-cpu-test-deps.sh``): the ``vllm`` distribution's version
+    carries ``+cpu``, as vLLM's own platform detection reads it. A CUDA machine's vLLM is not."""
     try:
         return installed() and "+cpu" in importlib.metadata.version("vllm")
     except importlib.metadata.PackageNotFoundError:

@@ -30,8 +30,9 @@ import yaml
 
 import reward_fns.hidden_word as hidden_word  # the task's words and prompt (the data package imports commands)
 from verl_reflect.cpu import tiny
+from verl_reflect.recipes import RECIPES_DIR
 
-AGENT_LOOP_YAML = Path(__file__).resolve().parents[2] / "recipes" / "agent_loops" / "hidden_word.yaml"
+AGENT_LOOP_YAML = RECIPES_DIR / "agent_loops" / "hidden_word.yaml"
 # Measured (copy_probability, 64 random trajectories): 200 steps 0.57, 300 0.88, 400 0.94, 1000 0.99 at lr 1e-3;
 # lr 3e-3 was no faster (0.86 at 400). 400 steps of 32 trajectories: about 20 s on one core.
 WARMUP = dict(steps=400, batch_size=32, lr=1e-3, seed=0)
@@ -135,7 +136,8 @@ def warm_up(model_dir: Path, out_dir: Path, *, steps: int, batch_size: int, lr: 
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
-    for _ in trange(steps, desc="warm-up", unit="step", dynamic_ncols=True, leave=False):
+    # disable=None: no bar where stderr is not a terminal (a log file would hold its frames).
+    for _ in trange(steps, desc="warm-up", unit="step", dynamic_ncols=True, leave=False, disable=None):
         ids = torch.tensor([sampler.sample(rng)[0] for _ in range(batch_size)])  # (B, T)
         logits = model(input_ids=ids, logits_to_keep=loss_positions - 1).logits  # (B, K, V): t-1 predicts t
         loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, loss_positions])

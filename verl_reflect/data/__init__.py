@@ -29,6 +29,7 @@ the input) and one more column, the failed first attempts the loop can replay (`
     }   in sampling order; the loop replays the first
 """
 
+from verl_reflect.data.addition import ADDITION_SOURCE, addition_splits
 from verl_reflect.data.cli import main
 from verl_reflect.data.countdown import (
     COUNTDOWN_MAX_STALL,
@@ -58,6 +59,8 @@ from verl_reflect.data.rows import (
 from verl_reflect.data.tasks import TASKS, task_rows
 
 __all__ = [
+    "ADDITION_SOURCE",
+    "addition_splits",
     "HIDDEN_WORD_SOURCE",
     "HIDDEN_WORDS",
     "hidden_word_splits",

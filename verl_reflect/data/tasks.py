@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from verl_reflect.commands.errors import UserError
+from verl_reflect.data.addition import addition_splits
 from verl_reflect.data.countdown import countdown_rows
 from verl_reflect.data.function_calling import SAMPLE_XLAM, function_calling_rows, load_xlam
 from verl_reflect.data.hidden_word import hidden_word_splits
@@ -23,7 +24,13 @@ def _hidden_word(count: int, seed: int, split: str) -> list[dict]:
     return train if split == "train" else test
 
 
+def _addition(count: int, seed: int, split: str) -> list[dict]:
+    train, test = addition_splits(count if split == "train" else 1, count if split != "train" else 1, seed=seed)
+    return train if split == "train" else test
+
+
 TASKS: dict[str, Callable[[int, int, str], list[dict]]] = {
+    "addition": _addition,
     "countdown": lambda count, seed, split: countdown_rows(count, seed=seed, split=split),
     "function_calling": _function_calling,
     "hidden_word": lambda count, seed, split: _hidden_word(count, seed, split),

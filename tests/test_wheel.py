@@ -1,0 +1,149 @@
+"""The package as another lab installs it: a wheel built from this tree, installed into a fresh folder outside the
+clone, and every command run from a temporary folder of its own, as a user would.
+
+- the wheel carries the recipes, their agent-loop YAMLs and the platform/cpu groups (package data
+  ``verl_reflect.recipes``), and ``verl-reflect recipes --path`` points into the install, not the clone;
+- every shipped recipe passes the dry run's static checks from there, and ``countdown_tiny_cpu`` its trainer step;
+- the README's "Sharing a recipe" block runs as written;
+- ``python -m verl.trainer.main_ppo`` trains one step of a recipe copied out of the wheel (``recipes copy``) into a
+  folder of its own, launched from another one, with the copy's own agent-loop YAML: the path verl's TaskRunner
+  resolves (its printed config) is the copy's, so the launched recipe's folder reached it through
+  ``hydra.job.env_set``.
+
+One wheel build and install for the file; the trainer launches are about 2 minutes each on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from verl_reflect.commands.main_ppo import run_main_ppo
+
+pytestmark = pytest.mark.trainer
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD_LEFTOVERS = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache")
+RUN_OUTPUTS = {"data", "demo_out", "eval_out", "checkpoints", "outputs"}  # what the README's commands write at the root
+
+
+def not_source(folder: str, names: list[str]) -> set[str]:
+    return BUILD_LEFTOVERS(folder, names) | (RUN_OUTPUTS & set(names) if Path(folder) == REPO else set())
+
+
+class Installed:
+    """The wheel installed into ``target``; commands run in ``work`` with the install first on the path."""
+
+    def __init__(self, root: Path):
+        src, dist = root / "src", root / "dist"
+        # A copy of the tree: an in-tree build leaves build/ behind, whose stale files a later build would ship.
+        shutil.copytree(REPO, src, ignore=not_source)
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+        subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(src), "-w", str(dist)], check=True)
+        (self.wheel,) = dist.glob("verl_reflect-*.whl")
+        self.target = root / "site"
+        subprocess.run([*pip, "install", "--no-deps", "--target", str(self.target), str(self.wheel)], check=True)
+        self.work = root / "work"
+        self.work.mkdir()
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(self.target),  # before site-packages, where the clone's editable install is
+            "PATH": f"{self.target / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        }
+
+    def run(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", "-c", command], cwd=self.work, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory, tiny_model_dir) -> Installed:
+    installed = Installed(tmp_path_factory.mktemp("wheel"))
+    installed.env["VERL_REFLECT_CACHE"] = str(tiny_model_dir.parent)  # the session's tiny model, not ~/.cache
+    return installed
+
+
+def test_the_wheel_carries_the_recipes_and_the_commands_find_them_there(installed):
+    shipped = sorted(str(p.relative_to(REPO / "recipes")) for p in (REPO / "recipes").rglob("*.yaml"))
+    in_wheel = installed.target / "verl_reflect" / "recipes"
+    assert sorted(str(p.relative_to(in_wheel)) for p in in_wheel.rglob("*.yaml")) == shipped
+    for name in shipped:  # the same files, byte for byte
+        assert (in_wheel / name).read_bytes() == (REPO / "recipes" / name).read_bytes()
+    listing = installed.run("verl-reflect recipes --path")
+    assert listing.returncode == 0, listing.stderr
+    assert Path(listing.stdout.strip()) == in_wheel
+
+
+def test_every_shipped_recipe_passes_the_static_dry_run_from_the_wheel(installed):
+    script = (
+        "import sys, verl_reflect\n"
+        "from verl_reflect.commands import cli, recipe\n"
+        f"assert verl_reflect.__file__.startswith({str(installed.target)!r}), verl_reflect.__file__\n"
+        "failed = [n for n in recipe.recipe_names() if cli.main(['dry-run', '--static-only', '--config-name', n])]\n"
+        "print('recipes:', len(recipe.recipe_names()), 'failed:', failed)\n"
+        "sys.exit(1 if failed else 0)\n"
+    )
+    result = installed.run(f"python -c {shlex.quote(script)}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    shipped = [p for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith("_")]
+    assert f"recipes: {len(shipped)} failed: []" in result.stdout
+
+
+def test_the_readme_sharing_block_runs_as_written(installed):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Sharing a recipe\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"^```bash\n(.*?)^```", section, flags=re.M | re.S)
+    result = installed.run("set -euo pipefail\n" + block)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    copied = installed.work / "my_recipes"
+    assert (copied / "countdown_qwen2.5-7b.yaml").is_file()
+    assert (copied / "agent_loops" / "countdown.yaml").is_file()
+    assert "passed" in result.stdout.splitlines()[-1]
+
+
+def test_a_cpu_recipe_passes_the_dry_runs_trainer_step_from_the_wheel(installed):
+    # countdown_tiny_cpu lists platform: cpu in its defaults; the dry run's step must not add it twice.
+    result = installed.run("verl-reflect dry-run --config-name countdown_tiny_cpu --step-rollout hf")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"^✓ trainer step: 1 step of main_ppo on CPU", result.stdout, flags=re.M), result.stdout
+
+
+def test_main_ppo_trains_a_copied_recipe_with_its_own_agent_loop_from_another_folder(installed):
+    data = installed.run(
+        "python -m verl_reflect.data countdown --out-dir data/countdown_tiny --train-size 8 --test-size 4"
+    )  # noqa: E501
+    assert data.returncode == 0, data.stderr
+    lab = installed.work / "lab"
+    copied = installed.run(f"verl-reflect recipes copy countdown_tiny_cpu {lab}")
+    assert copied.returncode == 0, copied.stderr
+    loop_yaml = lab / "agent_loops" / "countdown_tiny.yaml"
+    launch_dir = installed.work / "elsewhere"
+    launch_dir.mkdir()
+    run = run_main_ppo(
+        "countdown_tiny_cpu",
+        [
+            f"data.train_files={installed.work / 'data/countdown_tiny/train.parquet'}",
+            f"data.val_files={installed.work / 'data/countdown_tiny/test.parquet'}",
+            "trainer.total_training_steps=1",
+            "trainer.save_freq=-1",
+            "trainer.test_freq=-1",
+        ],
+        out_dir=installed.work / "run",
+        config_dir=lab,
+        cwd=launch_dir,
+        env={"PYTHONPATH": installed.env["PYTHONPATH"], "VERL_REFLECT_CACHE": installed.env["VERL_REFLECT_CACHE"]},
+        timeout=540,
+        progress=False,
+    )
+    assert run.returncode == 0 and len(run.steps) == 1, run.last_error()
+    assert "reflect/final_correct" in run.steps[0]
+    # verl's TaskRunner prints the config it resolved: the agent loop is the copy's, read beside the copied recipe.
+    assert f"'agent_loop_config_path': '{loop_yaml}'" in run.log
