@@ -35,14 +35,16 @@ def tiny_default(tiny_model_dir, monkeypatch):
     monkeypatch.setenv("VERL_REFLECT_CACHE", str(tiny_model_dir.parent))
 
 
-# The files that start verl's trainer, longest first (worker-seconds in the full suite on 2 cores): the demo and its
-# control (about 400), the async modes (390), the vLLM tier (250), the dry-run step (150), the toy-task run (120),
-# verl's rollout servers for the commands (60).
+# The files that start verl's trainer, longest first (worker-seconds in the full suite on 2 cores): the real-model
+# tier (SmolLM2 on hf and vLLM), the demo and its control, kill-and-resume, the async modes, the vLLM tier, the
+# installed wheel, the toy-task run, verl's rollout servers for the commands.
 TRAINER_FILES_LONGEST_FIRST = (
+    "test_real_model.py",
     "test_learning.py",
+    "test_resume.py",
     "test_async_trainers.py",
     "test_vllm_cpu.py",
-    "test_dry_run.py",
+    "test_wheel.py",
     "test_trainer.py",
     "test_servers.py",
 )

@@ -58,14 +58,13 @@ SMALL_STEP = [  # 4 prompts x 2 = 8 rows, one micro-batch; a real model's learni
 TRAIN_PROMPTS, EVAL_ROWS = 16, 4  # greedy, the model fails 3 in 4 of them: more than the 4 prompts of a step
 ROLLOUTS = ("hf", "vllm")
 # The rollout's probability of each generated token against the trainer's, before the update (verl's
-# training/rollout_probs_diff_max covers reflection tokens; the dump check here every generated token). Measured on
-# this tier (8 rows, 556 generated tokens): 0.074 on hf, 0.123 on vLLM (32-row steps read 0.10 and 0.12). Split on
-# the hf run's rows: the hf rollout against a float32 forward pass of the same ids differs by < 1e-5, a float32
-# against a bfloat16 forward pass by 0.067, the trainer against the bfloat16 pass by 0.060: it is all bfloat16 (the
-# trainer computes in bf16 under FSDP's mixed precision, the hf rollout in float32; vLLM computes in bf16 with its
-# own kernels, two bf16 roundings apart). The bound is about twice the largest reading: room for bf16 noise over
-# other sampled tokens, not for a rollout on other weights or a shifted alignment.
-PROBS_DIFF_BOUND = 0.25
+# training/rollout_probs_diff_max covers reflection tokens; the dump check here every generated token). The trainer
+# computes in fp32 on a CPU (recipes/platform/cpu.yaml). Measured on this tier (8 rows): hf 3.2e-5, both readings
+# (fp32 against fp32: summation order only); vLLM 0.062 and 0.066 (its bf16 against fp32). With the trainer in bf16
+# (verl's default) hf read 0.074: a float32 against a bfloat16 forward pass of the same ids differs by 0.067. Each
+# bound is about 30x (hf) and 4x (vLLM) the reading: room for other sampled tokens; a shifted alignment compares
+# unrelated tokens, whose probabilities differ by far more.
+PROBS_DIFF_BOUND = {"hf": 1e-3, "vllm": 0.25}
 
 
 def vllm_installed() -> bool:
@@ -252,9 +251,9 @@ def test_every_trained_row_is_the_chat_template_rendering_of_its_turns_token_for
 
 
 @pytest.mark.parametrize("rollout", ROLLOUTS)
-def test_the_rollouts_log_probs_are_the_trainers_within_bf16_noise(pipeline, rollout):
+def test_the_rollouts_log_probs_are_the_trainers_within_rounding(pipeline, rollout):
     step = step_of(pipeline, rollout)
-    assert step["training/rollout_probs_diff_max"] < PROBS_DIFF_BOUND
+    assert step["training/rollout_probs_diff_max"] < PROBS_DIFF_BOUND[rollout]
     assert step["training/rollout_actor_probs_pearson_corr"] > 0.98
     worst = 0.0
     for row in trained_rows(pipeline, rollout):
@@ -263,4 +262,4 @@ def test_the_rollouts_log_probs_are_the_trainers_within_bf16_noise(pipeline, rol
                 rollout_p, trainer_p = math.exp(row["rollout_log_probs"][i]), math.exp(row["old_log_probs"][i])
                 worst = max(worst, abs(rollout_p - trainer_p))
     print(rollout, "largest probability difference over every generated token:", worst)
-    assert 0 < worst < PROBS_DIFF_BOUND
+    assert 0 < worst < PROBS_DIFF_BOUND[rollout]

@@ -3,7 +3,8 @@ clone, and every command run from a temporary folder of its own, as a user would
 
 - the wheel carries the recipes, their agent-loop YAMLs and the platform/cpu groups (package data
   ``verl_reflect.recipes``), and ``verl-reflect recipes --path`` points into the install, not the clone;
-- every shipped recipe passes the dry run's static checks from there, and ``countdown_tiny_cpu`` its trainer step;
+- every shipped recipe passes the dry run's static checks from there, and ``countdown_tiny_cpu``, copied into a folder
+  of its own, its trainer step;
 - the README's "Sharing a recipe" block runs as written;
 - ``python -m verl.trainer.main_ppo`` trains one step of a recipe copied out of the wheel (``recipes copy``) into a
   folder of its own, launched from another one, with the copy's own agent-loop YAML: the path verl's TaskRunner
@@ -109,21 +110,31 @@ def test_the_readme_sharing_block_runs_as_written(installed):
     assert "passed" in result.stdout.splitlines()[-1]
 
 
-def test_a_cpu_recipe_passes_the_dry_runs_trainer_step_from_the_wheel(installed):
-    # countdown_tiny_cpu lists platform: cpu in its defaults; the dry run's step must not add it twice.
-    result = installed.run("verl-reflect dry-run --config-name countdown_tiny_cpu --step-rollout hf")
+@pytest.fixture(scope="module")
+def lab(installed) -> Path:
+    """``countdown_tiny_cpu`` as a lab receives it: ``recipes copy`` into a folder of its own."""
+    copied = installed.run("verl-reflect recipes copy countdown_tiny_cpu lab")
+    assert copied.returncode == 0, copied.stderr
+    return installed.work / "lab"
+
+
+def test_a_shared_cpu_recipe_passes_the_dry_runs_trainer_step(installed, lab):
+    """The dry run's real main_ppo step, on a recipe in a folder of its own, from the wheel. Its defaults list
+    ``platform: cpu`` already: the step must not add it twice (Hydra stopped there before). One step for every recipe:
+    the step swaps in the tiny model, so the shipped recipes differ there only in batch sizes and their task's
+    agent-loop YAML, which ``tests/test_recipes.py`` builds for each task as verl's AgentLoopWorker does; the vLLM
+    step is composed in ``tests/test_dry_run.py`` and vLLM runs main_ppo in ``tests/test_vllm_cpu.py``."""
+    result = installed.run(f"verl-reflect dry-run --config-path {lab} --config-name countdown_tiny_cpu")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"^✓ trainer step: 1 step of main_ppo on CPU", result.stdout, flags=re.M), result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_main_ppo_trains_a_copied_recipe_with_its_own_agent_loop_from_another_folder(installed):
-    data = installed.run(
+def test_main_ppo_trains_a_copied_recipe_with_its_own_agent_loop_from_another_folder(installed, lab):
+    made = installed.run(
         "python -m verl_reflect.data countdown --out-dir data/countdown_tiny --train-size 8 --test-size 4"
-    )  # noqa: E501
-    assert data.returncode == 0, data.stderr
-    lab = installed.work / "lab"
-    copied = installed.run(f"verl-reflect recipes copy countdown_tiny_cpu {lab}")
-    assert copied.returncode == 0, copied.stderr
+    )
+    assert made.returncode == 0, made.stderr
     loop_yaml = lab / "agent_loops" / "countdown_tiny.yaml"
     launch_dir = installed.work / "elsewhere"
     launch_dir.mkdir()
