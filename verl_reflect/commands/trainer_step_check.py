@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from verl_reflect.commands.config_checks import Check, DryRun, failed, passed
 from verl_reflect.commands.main_ppo import run_main_ppo
-from verl_reflect.commands.recipe import AGENT_LOOP_KEY, RECIPES_DIR, agent_loop_file, compose_unresolved, override_key
+from verl_reflect.commands.recipe import RECIPES_DIR, compose_unresolved, override_key
 from verl_reflect.cpu import vllm_sync
 
 # What a CPU needs, as a Hydra config group option any recipe takes (``+platform=cpu``): its one source.
@@ -87,7 +87,6 @@ def step_overrides(recipe: DryRun, train: Path, rows: int, rollout: str = "hf") 
         micro("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu"),
         micro("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu"),
         micro("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu"),
-        f"{AGENT_LOOP_KEY}={agent_loop_file(cfg)}",
         "trainer.total_training_steps=1",
         "trainer.val_before_train=false",
         "trainer.test_freq=-1",
