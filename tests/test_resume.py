@@ -379,6 +379,7 @@ def command_rows(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.trainer  # the slow tier: three runs of the command, a process each (about 40 s)
 def test_eval_killed_mid_run_resumes_with_every_row_once(tmp_path, tiny_model_dir, command_rows):
     cache_dir = tiny_model_dir.parent
     argv = ["eval", "--data", str(command_rows), *COMMAND_FLAGS]
@@ -404,6 +405,7 @@ def test_eval_killed_mid_run_resumes_with_every_row_once(tmp_path, tiny_model_di
     assert all(record == by_index[record["index"]] for record in records)
 
 
+@pytest.mark.trainer  # the slow tier: three runs of the command, a process each (about 40 s)
 def test_build_failures_killed_mid_run_resumes_with_every_attempt_once(
     tmp_path, tiny_model_dir, command_rows, monkeypatch, capsys
 ):
