@@ -54,8 +54,8 @@ def pytest_collection_modifyitems(items):
     """Files that start verl's trainer run first, longest first, each file's tests kept together and in order: under
     the README's ``-n 2 --dist loadfile --no-loadscope-reorder`` xdist hands out the 1st and 3rd file to one worker
     and the 2nd and 4th to the other, the rest as workers free up, so both begin on long runs (the SmolLM2 tier,
-    700 worker-seconds, and the demo with its control, 440) and the fast files fill the gaps, instead of one long file starting last
-    while the other worker idles."""
+    700 worker-seconds, and the demo with its control, 440) and the fast files fill the gaps, instead of one long file
+    starting last while the other worker idles."""
     trainer_files = {item.path.name for item in items if item.get_closest_marker("trainer")}
     order = [name for name in TRAINER_FILES_LONGEST_FIRST if name in trainer_files]
     order += sorted(trainer_files - set(order))  # a new trainer file: after the measured ones, before the fast ones
