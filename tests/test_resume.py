@@ -21,7 +21,6 @@ re-run is the same command in the same environment.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from test_trainer import check_ran, trained_rows
 
 from verl_reflect import data
 from verl_reflect.commands import build_failures, cli, trajectories
@@ -230,19 +230,6 @@ def resume_runs(tmp_path_factory, tiny_model_dir):
     return {"reference": reference, "killed": killed, "killed_state": killed_state, "resumed": resumed, "tmp": tmp}
 
 
-def check_ran(run: MainPPORun, steps: list[int]) -> None:
-    assert run.returncode == 0, run.log[-4000:]
-    assert [step["training/global_step"] for step in run.steps] == steps
-    for step in run.steps:  # verl's file logger writes NaN as null
-        nan = [key for key, value in step.items() if value is None or (isinstance(value, float) and math.isnan(value))]
-        assert not nan, f"NaN logged at step {step['training/global_step']}: {nan}"
-
-
-def dumped(run: MainPPORun, step: int) -> list[dict]:
-    path = run.out_dir / "rollouts" / f"trained_{step}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def prompts(rows: list[dict]) -> Counter:
     """The step's prompts, each as many times as it was trained on (``rollout.n``)."""
     return Counter((row["data_source"], row["index"]) for row in rows)
@@ -260,9 +247,9 @@ def test_the_run_was_killed_in_the_middle_of_step_3(resume_runs):
 
 @pytest.mark.trainer
 def test_the_relaunch_resumes_from_the_checkpoint_and_finishes(resume_runs):
-    check_ran(resume_runs["reference"], list(range(1, STEPS + 1)))
+    check_ran(resume_runs["reference"], STEPS)
     resumed = resume_runs["resumed"]
-    check_ran(resumed, list(range(SAVE_FREQ + 1, STEPS + 1)))  # steps 1-2 are not run again
+    check_ran(resumed, STEPS, first=SAVE_FREQ + 1)  # steps 1-2 are not run again
     assert "global_step_2" in next(line for line in resumed.log.splitlines() if "Resuming from" in line)
     assert (resumed.out_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == str(STEPS)
 
@@ -270,11 +257,11 @@ def test_the_relaunch_resumes_from_the_checkpoint_and_finishes(resume_runs):
 @pytest.mark.trainer
 def test_every_step_trains_the_prompts_of_the_uninterrupted_run(resume_runs):
     reference, resumed = resume_runs["reference"], resume_runs["resumed"]
-    check_ran(resumed, list(range(SAVE_FREQ + 1, STEPS + 1)))
+    check_ran(resumed, STEPS, first=SAVE_FREQ + 1)
     # Steps 1-2 are the killed run's dumps (the resumed run starts at 3 and writes only 3-4), in the same folder.
-    interrupted = {step: prompts(dumped(resumed, step)) for step in range(1, STEPS + 1)}
+    interrupted = {step: prompts(trained_rows(resumed, step)) for step in range(1, STEPS + 1)}
     for step in range(1, STEPS + 1):
-        assert interrupted[step] == prompts(dumped(reference, step)), f"step {step}"
+        assert interrupted[step] == prompts(trained_rows(reference, step)), f"step {step}"
         assert len(interrupted[step]) == BATCH and set(interrupted[step].values()) == {N}
     # One epoch, each prompt of the training file exactly once: none skipped, none trained twice across the kill.
     train = data.read_rows(resume_runs["tmp"] / "train.parquet")
@@ -289,13 +276,13 @@ def test_every_step_trains_the_prompts_of_the_uninterrupted_run(resume_runs):
 @pytest.mark.trainer
 def test_failure_replay_goes_on_after_the_resume_on_the_resumed_weights(resume_runs):
     resumed = resume_runs["resumed"]
-    check_ran(resumed, list(range(SAVE_FREQ + 1, STEPS + 1)))
+    check_ran(resumed, STEPS, first=SAVE_FREQ + 1)
     stored = {
         (row["data_source"], row["extra_info"]["index"]): row[data.FAILED_ATTEMPTS][0]["token_ids"]
         for row in data.read_rows(resume_runs["tmp"] / "train.parquet")
     }
     for step in range(SAVE_FREQ + 1, STEPS + 1):
-        rows = dumped(resumed, step)
+        rows = trained_rows(resumed, step)
         assert len(rows) == BATCH * N
         for row in rows:
             # Each row starts from its prompt's stored failure, token for token, and reflects on it.
@@ -312,7 +299,7 @@ def test_failure_replay_goes_on_after_the_resume_on_the_resumed_weights(resume_r
 @pytest.mark.trainer
 def test_the_reflect_metrics_go_on_after_the_resume(resume_runs):
     killed, resumed = resume_runs["killed"], resume_runs["resumed"]
-    check_ran(resumed, list(range(SAVE_FREQ + 1, STEPS + 1)))
+    check_ran(resumed, STEPS, first=SAVE_FREQ + 1)
     before = {key for step in killed.steps for key in step if key.startswith("reflect/")}
     for step in resumed.steps:
         assert {key for key in step if key.startswith("reflect/")} >= before >= set(REFLECT_KEYS)

@@ -98,9 +98,10 @@ def train(
     )
 
 
-def check_ran(run: MainPPORun, steps: int) -> None:
+def check_ran(run: MainPPORun, steps: int, first: int = 1) -> None:
+    """The run exited 0 and logged steps ``first`` to ``steps`` (a resumed run starts after its checkpoint), no NaN."""
     assert run.returncode == 0, run.log[-4000:]
-    assert [step["training/global_step"] for step in run.steps] == list(range(1, steps + 1))
+    assert [step["training/global_step"] for step in run.steps] == list(range(first, steps + 1))
     for step in run.steps:  # verl's file logger writes NaN as null
         nan = [key for key, value in step.items() if value is None or (isinstance(value, float) and math.isnan(value))]
         assert not nan, f"NaN logged at step {step['training/global_step']}: {nan}"
