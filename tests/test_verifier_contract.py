@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fresh_python import run_python
 from loop_helpers import ScriptedServer, standalone_kwargs
 from omegaconf import OmegaConf
 
@@ -72,8 +73,37 @@ def stats(out) -> dict:
     return {name: out.extra_fields[name] for name in STATS}
 
 
-def warnings_about(caplog, data_source: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == verdict_module.__name__ and repr(data_source) in r.getMessage()]
+@pytest.fixture
+def verdict_log():
+    """The records of the verdict logger. It does not propagate to the root logger, caplog's (see the test below)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    verdict_module.logger.addHandler(handler)
+    yield records
+    verdict_module.logger.removeHandler(handler)
+
+
+def warnings_about(records: list[logging.LogRecord], data_source: str) -> list[logging.LogRecord]:
+    return [r for r in records if r.levelno == logging.WARNING and repr(data_source) in r.getMessage()]
+
+
+def test_a_verifier_warning_is_shown_where_the_root_logger_is_raised_to_error():
+    # Importing vLLM's entrypoints (verl's vLLM replica class does) runs model_hosting_container_standards'
+    # configure_root_logger: root logger and its handlers at ERROR. Until the verdict logger had a handler of its
+    # own, a broken verifier's warning went nowhere in such a process (it failed this suite after the vLLM tier).
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "from verl_reflect import verdict\n"
+        "logging.getLogger().setLevel(logging.ERROR)\n"
+        "for handler in logging.getLogger().handlers: handler.setLevel(logging.ERROR)\n"
+        "verdict._log_once('lab.task', verdict.ERROR, 'failed on row 7', None)\n"
+    )
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = [line for line in proc.stderr.splitlines() if "'lab.task'" in line]  # once, not twice
+    assert line.startswith("WARNING:") and "failed on row 7" in line
 
 
 def test_a_dict_verifiers_score_decides_and_its_other_keys_reach_reward_extra_info(tiny_tokenizer):
@@ -140,7 +170,7 @@ def test_verdicts_run_at_most_verdict_threads_at_once(tiny_tokenizer):
     assert all(earlier[1] <= later[0] for earlier, later in zip(intervals, intervals[1:]))  # one at a time
 
 
-def test_a_hanging_plain_verifier_times_out_and_the_loop_does_not_wait_for_it(tiny_tokenizer, caplog):
+def test_a_hanging_plain_verifier_times_out_and_the_loop_does_not_wait_for_it(tiny_tokenizer, verdict_log):
     from toy_tasks import contract
 
     try:
@@ -158,7 +188,7 @@ def test_a_hanging_plain_verifier_times_out_and_the_loop_does_not_wait_for_it(ti
     assert stats(hung) == dict(first_try_correct=False, final_correct=False, verifier_errors=0, verifier_timeouts=2)
     assert solved_on_retry.reward_score == 1.0 and solved_on_retry.extra_fields["verifier_timeouts"] == 1
     assert solved_on_retry.extra_fields["reward_extra_info"]["verifier_timeouts"] == 1.0
-    (warning,) = warnings_about(caplog, "toy_tasks.contract")  # three timeouts, one line
+    (warning,) = warnings_about(verdict_log, "toy_tasks.contract")  # three timeouts, one line
     assert re.search(r"still running after 0.5 s on row 10[01] \(toy_tasks.contract\)", warning.getMessage())
     assert "verifier_timeouts" in warning.getMessage()
 
@@ -174,14 +204,14 @@ def test_a_hanging_async_verifier_is_cancelled_at_its_timeout(tiny_tokenizer):
     assert stats(out) == dict(first_try_correct=False, final_correct=True, verifier_errors=0, verifier_timeouts=1)
 
 
-def test_a_raising_verifier_costs_one_verdict_logged_once_per_data_source(tiny_tokenizer, caplog):
+def test_a_raising_verifier_costs_one_verdict_logged_once_per_data_source(tiny_tokenizer, verdict_log):
     outs = run_trajectories(
         tiny_tokenizer, "toy_tasks.contract", [["raise", REFLECTION, "raise"], ["raise", REFLECTION, "right"]] * 2
     )
     assert [out.reward_score for out in outs] == [0.0, 1.0] * 2
     assert [out.extra_fields["verifier_errors"] for out in outs] == [2, 1] * 2
     assert all(not out.extra_fields["first_try_correct"] and out.extra_fields["num_reflections"] == 1 for out in outs)
-    (warning,) = warnings_about(caplog, "toy_tasks.contract")  # six errors, one line
+    (warning,) = warnings_about(verdict_log, "toy_tasks.contract")  # six errors, one line
     message = warning.getMessage()
     assert re.search(r"failed on row 10[0-3] \(toy_tasks.contract\): RuntimeError\('verifier bug'\)", message)
     assert warning.exc_info[0] is RuntimeError  # the traceback into the verifier is logged with it
@@ -189,16 +219,16 @@ def test_a_raising_verifier_costs_one_verdict_logged_once_per_data_source(tiny_t
     turns = [["<answer>x</answer>", REFLECTION, "<answer>y</answer>"]]
     (broken_truth,) = run_trajectories(tiny_tokenizer, "toy_tasks.reverse", turns, ground_truth="{}")
     assert broken_truth.extra_fields["verifier_errors"] == 2
-    assert len(warnings_about(caplog, "toy_tasks.reverse")) == 1
+    assert len(warnings_about(verdict_log, "toy_tasks.reverse")) == 1
 
 
 @pytest.mark.parametrize("junk", ["none", "str", "nan", "no_score"])
-def test_a_verifier_returning_no_score_is_an_error_not_a_verdict(tiny_tokenizer, caplog, junk):
+def test_a_verifier_returning_no_score_is_an_error_not_a_verdict(tiny_tokenizer, verdict_log, junk):
     # None, "1.0", NaN, {"acc": 1.0}: none of them is a score, whatever it looks like.
     (out,) = run_trajectories(tiny_tokenizer, "toy_tasks.contract", [[junk, REFLECTION, junk]])
     assert out.reward_score == 0.0
     assert stats(out) == dict(first_try_correct=False, final_correct=False, verifier_errors=2, verifier_timeouts=0)
-    (warning,) = warnings_about(caplog, "toy_tasks.contract")
+    (warning,) = warnings_about(verdict_log, "toy_tasks.contract")
     assert "not a finite number" in warning.getMessage() or "without 'score'" in warning.getMessage()
 
 

@@ -26,9 +26,7 @@ mistake, and no tokens are spent on an attempt that is never trained.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import os
 from collections.abc import Sequence
 from typing import Any, Optional
 from uuid import uuid4
@@ -44,9 +42,6 @@ from verl.workers.rollout.replica import TokenOutput
 from reward_fns import TASK_PACKAGES_KEY, get_compute_score
 from verl_reflect.turn_boundary import TemplateTurnBoundary, template_end_of_turn_id, turn_boundary_for
 from verl_reflect.verdict import ERROR, TIMEOUT, verdict
-
-logger = logging.getLogger(__file__)
-logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
 ATTEMPT_MODES = ("generate", "replay")
 

@@ -17,6 +17,7 @@ import logging
 import math
 import numbers
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
@@ -24,6 +25,13 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+# A handler of its own, as verl's configure_verl_logging gives the "verl" logger: a process that loads verl's vLLM
+# replica class imports vLLM's entrypoints, whose model_hosting_container_standards raises the root logger and its
+# handlers to ERROR, and a broken verifier's warning would vanish there.
+_handler = logging.StreamHandler(stream=sys.stderr)
+_handler.setFormatter(logging.Formatter("%(levelname)s:%(asctime)s:%(name)s: %(message)s"))
+logger.handlers = [_handler]
+logger.propagate = False
 
 ERROR, TIMEOUT = "error", "timeout"
 
