@@ -93,7 +93,7 @@ def test_a_verifier_warning_is_shown_where_the_root_logger_is_raised_to_error():
     # configure_root_logger: root logger and its handlers at ERROR. Until the verdict logger had a handler of its
     # own, a broken verifier's warning went nowhere in such a process (it failed this suite after the vLLM tier).
     code = (
-        "import logging, sys\n"
+        "import logging\n"
         "logging.basicConfig(level=logging.WARNING)\n"
         "from verl_reflect import verdict\n"
         "logging.getLogger().setLevel(logging.ERROR)\n"
