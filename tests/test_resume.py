@@ -33,7 +33,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_trainer import check_ran, trained_rows
+from test_trainer import build_failure_set, check_ran, trained_rows
 
 from verl_reflect import data
 from verl_reflect.commands import build_failures, cli, trajectories
@@ -113,18 +113,7 @@ def write_failure_set(directory: Path, cache_dir: Path) -> tuple[Path, Path]:
     """One epoch of 4 steps: ``BATCH * STEPS`` prompts the tiny model failed (``build-failures``), so every row of
     every step replays its stored failed attempt and reflects on it."""
     data.write_parquet(paused_rows(64, seed=1, split="train"), directory / "tasks.parquet")
-    sys.path.insert(0, str(FIXTURES))  # build-failures scores toy_tasks in this process
-    old_cache = os.environ.get("VERL_REFLECT_CACHE")
-    os.environ["VERL_REFLECT_CACHE"] = str(cache_dir)
-    try:
-        argv = ["--data", str(directory / "tasks.parquet"), "--out", str(directory / "failures.parquet"), "--k", "1"]
-        build_failures.main([*argv, "--recipe", "countdown_tiny_cpu", TOY_TASKS, AGENT_LOOP])
-    finally:
-        sys.path.remove(str(FIXTURES))
-        if old_cache is None:
-            os.environ.pop("VERL_REFLECT_CACHE")
-        else:
-            os.environ["VERL_REFLECT_CACHE"] = old_cache
+    build_failure_set(directory / "tasks.parquet", directory / "failures.parquet", cache_dir, TOY_TASKS, AGENT_LOOP)
     failures = data.read_rows(directory / "failures.parquet")
     # Sampled first attempts fail about half of the parity prompts: 32 of 64 expected, 16 needed.
     assert len(failures) >= BATCH * STEPS, f"only {len(failures)} failures of 64"
